@@ -1,0 +1,34 @@
+// Crash-safe file writes: data goes to a hidden temporary file in the target's
+// directory, is flushed with fsync, then renamed over the final name, so a
+// reader sees either the old file or the complete new one.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace scaffold {
+
+// A failed system call on a path; the message names the call, the path and errno text.
+class IoError : public std::runtime_error {
+ public:
+  IoError(const std::string& what_failed, const std::filesystem::path& path, int errno_value);
+  int errno_value() const { return errno_value_; }
+
+ private:
+  int errno_value_;
+};
+
+void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes);
+void write_file_atomic(const std::filesystem::path& path, std::string_view text);
+
+// Reads a whole file; throws IoError when it cannot be opened or read.
+std::string read_file(const std::filesystem::path& path);
+
+// Temporary name used for `path`: ".<name>.tmp<pid>" in the same directory.
+std::filesystem::path temporary_path_for(const std::filesystem::path& path);
+
+}  // namespace scaffold

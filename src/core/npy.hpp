@@ -1,0 +1,51 @@
+// NumPy .npy format version 1.0 reading and writing (little-endian, C order).
+// numpy.load opens every file written here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace scaffold {
+
+// A malformed or unexpected .npy file; the message names the file and the defect.
+class NpyError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class DType { kFloat32, kFloat64, kUInt16, kInt16, kInt64, kUInt8 };
+
+const char* dtype_descr(DType dtype);    // "<f4", "<f8", "<u2", "<i2", "<i8", "|u1"
+std::size_t dtype_size(DType dtype);
+
+struct NpyArray {
+  DType dtype = DType::kFloat32;
+  std::vector<std::int64_t> shape;
+  std::vector<std::byte> data;  // C order, little-endian
+
+  std::int64_t element_count() const;
+  template <typename T>
+  const T* as() const { return reinterpret_cast<const T*>(data.data()); }
+  template <typename T>
+  T* as() { return reinterpret_cast<T*>(data.data()); }
+};
+
+// Builds the complete file image (header padded to a multiple of 64 bytes, then data).
+std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& shape, const void* data);
+
+// Writes atomically (temporary file, fsync, rename).
+void write_npy(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape,
+               const void* data);
+
+// Reads and checks magic, version, dtype, order and that the file size matches
+// the header. Throws NpyError naming the path.
+NpyArray read_npy(const std::filesystem::path& path);
+
+// As read_npy, and also requires the given dtype and shape (-1 matches any extent).
+NpyArray read_npy_checked(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape);
+
+}  // namespace scaffold
