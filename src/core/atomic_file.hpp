@@ -22,6 +22,11 @@ class IoError : public std::runtime_error {
   int errno_value_;
 };
 
+// Writes `bytes` to `path` through its temporary name, then fsyncs the file and
+// the directory. On failure the temporary file is removed and IoError is thrown,
+// leaving any previous file at `path` unchanged.
+// NOTE: two threads of one process must not write the same path at once,
+// because they would share the temporary name.
 void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes);
 void write_file_atomic(const std::filesystem::path& path, std::string_view text);
 

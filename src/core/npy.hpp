@@ -35,14 +35,16 @@ struct NpyArray {
 };
 
 // Builds the complete file image (header padded to a multiple of 64 bytes, then data).
+// Throws std::invalid_argument for a negative extent, or for null data when the shape has elements.
 std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& shape, const void* data);
 
 // Writes atomically (temporary file, fsync, rename).
 void write_npy(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape,
                const void* data);
 
-// Reads and checks magic, version, dtype, order and that the file size matches
-// the header. Throws NpyError naming the path.
+// Reads and checks magic, version (1.0, 2.0 or 3.0), dtype, order and that the
+// file size matches the header. Throws NpyError naming the path and the defect,
+// or IoError when the file cannot be opened or read.
 NpyArray read_npy(const std::filesystem::path& path);
 
 // As read_npy, and also requires the given dtype and shape (-1 matches any extent).

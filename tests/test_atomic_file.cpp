@@ -1,0 +1,251 @@
+// Tests for write_file_atomic and read_file on real files in a fresh temporary
+// directory: round trips, replacement, and failures that must leave nothing behind.
+#include "core/atomic_file.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace scaffold {
+namespace {
+
+namespace fs = std::filesystem;
+
+class AtomicFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "scaffold-atomic-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << "mkdtemp failed for " << pattern;
+    directory_ = pattern;
+  }
+
+  void TearDown() override {
+    // A test may leave a directory read-only, so write access is restored before removal.
+    std::error_code error;
+    for (const auto& entry : fs::recursive_directory_iterator(directory_, error)) {
+      if (entry.is_directory()) fs::permissions(entry.path(), fs::perms::owner_all, fs::perm_options::add, error);
+    }
+    fs::permissions(directory_, fs::perms::owner_all, fs::perm_options::add, error);
+    fs::remove_all(directory_, error);
+  }
+
+  std::vector<std::string> entries_in(const fs::path& directory) const {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(directory)) names.push_back(entry.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  fs::path directory_;
+};
+
+TEST(IoErrorMessage, NamesCallPathAndErrno) {
+  const IoError error("write", "/x/y.npy", ENOSPC);
+  EXPECT_STREQ(error.what(), "write failed for /x/y.npy: No space left on device (errno 28)");
+  EXPECT_EQ(error.errno_value(), ENOSPC);
+}
+
+TEST(TemporaryPath, HiddenNameInSameDirectory) {
+  const std::string suffix = ".tmp" + std::to_string(::getpid());
+  EXPECT_EQ(temporary_path_for("/data/run/volume.npy"), fs::path("/data/run/.volume.npy" + suffix));
+  EXPECT_EQ(temporary_path_for("volume.npy"), fs::path(".volume.npy" + suffix));
+}
+
+TEST_F(AtomicFileTest, TextRoundTrip) {
+  const fs::path path = directory_ / "config.yml";
+  write_file_atomic(path, std::string_view("seed: 42\nepochs: 3\n"));
+
+  EXPECT_EQ(read_file(path), "seed: 42\nepochs: 3\n");
+  EXPECT_EQ(entries_in(directory_), std::vector<std::string>{"config.yml"});
+}
+
+TEST_F(AtomicFileTest, BinaryRoundTrip) {
+  // Every byte value, including NUL, repeated past one 64 KiB read chunk.
+  std::vector<std::byte> bytes(200000);
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::byte>((i * 7 + i / 256) % 256);
+  const fs::path path = directory_ / "blob.bin";
+  write_file_atomic(path, std::span<const std::byte>(bytes));
+
+  const std::string contents = read_file(path);
+  ASSERT_EQ(contents.size(), bytes.size());
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    ASSERT_EQ(static_cast<unsigned char>(contents[i]), static_cast<unsigned char>(bytes[i])) << "byte " << i;
+  }
+}
+
+TEST_F(AtomicFileTest, EmptyFile) {
+  const fs::path path = directory_ / "empty";
+  write_file_atomic(path, std::string_view());
+
+  EXPECT_TRUE(fs::is_regular_file(path));
+  EXPECT_EQ(fs::file_size(path), 0u);
+  EXPECT_EQ(read_file(path), "");
+}
+
+TEST_F(AtomicFileTest, FileModeIs0644UnderUmask) {
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  const fs::path path = directory_ / "mode";
+  write_file_atomic(path, std::string_view("x"));
+
+  struct stat info {};
+  ASSERT_EQ(::stat(path.c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0644u & ~mask);
+}
+
+TEST_F(AtomicFileTest, OverwriteReplacesContents) {
+  const fs::path path = directory_ / "result.json";
+  write_file_atomic(path, std::string_view("a much longer first version of the file\n"));
+  write_file_atomic(path, std::string_view("v2\n"));
+
+  EXPECT_EQ(read_file(path), "v2\n");
+  EXPECT_EQ(entries_in(directory_), std::vector<std::string>{"result.json"});
+}
+
+TEST_F(AtomicFileTest, OverwriteReplacesInode) {
+  // rename() installs a new inode, so a reader that has the old file open keeps the old data.
+  const fs::path path = directory_ / "data";
+  write_file_atomic(path, std::string_view("old"));
+  struct stat before {};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+
+  write_file_atomic(path, std::string_view("new"));
+  struct stat after {};
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_NE(before.st_ino, after.st_ino);
+}
+
+TEST_F(AtomicFileTest, RelativePathInCurrentDirectory) {
+  const fs::path previous = fs::current_path();
+  fs::current_path(directory_);
+  write_file_atomic("relative.txt", std::string_view("here"));
+  fs::current_path(previous);
+
+  EXPECT_EQ(read_file(directory_ / "relative.txt"), "here");
+  EXPECT_EQ(entries_in(directory_), std::vector<std::string>{"relative.txt"});
+}
+
+TEST_F(AtomicFileTest, MissingDirectoryThrows) {
+  const fs::path path = directory_ / "no-such-dir" / "volume.npy";
+  try {
+    write_file_atomic(path, std::string_view("data"));
+    FAIL() << "expected IoError for " << path;
+  } catch (const IoError& error) {
+    EXPECT_EQ(error.errno_value(), ENOENT);
+    EXPECT_NE(std::string(error.what()).find("open failed for " + path.string()), std::string::npos)
+        << error.what();
+    EXPECT_NE(std::string(error.what()).find("No such file or directory"), std::string::npos) << error.what();
+  }
+  EXPECT_TRUE(entries_in(directory_).empty());
+}
+
+TEST_F(AtomicFileTest, ReadOnlyDirectoryThrows) {
+  // Permissions do not stop root, so the write runs in a child process that,
+  // when started as root, first drops to the unprivileged uid and gid 65534.
+  const fs::path locked = directory_ / "locked";
+  fs::create_directory(locked);
+  ASSERT_EQ(::chmod(directory_.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(locked.c_str(), 0555), 0);
+  const fs::path path = locked / "volume.npy";
+
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0) << "fork failed";
+  if (child == 0) {
+    if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(10);
+
+    int outcome = 0;
+    try {
+      write_file_atomic(path, std::string_view("data"));
+      outcome = 1;
+    } catch (const IoError& error) {
+      const std::string expected = "open failed for " + path.string() + ": Permission denied (errno 13)";
+      if (error.errno_value() != EACCES) outcome = 2;
+      else if (error.what() != expected) outcome = 3;
+    } catch (...) {
+      outcome = 4;
+    }
+    ::_exit(outcome);
+  }
+
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "child did not exit normally, status " << status;
+  // 1: no exception, 2: errno is not EACCES, 3: message differs, 4: not IoError, 10: could not drop root.
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+
+  EXPECT_TRUE(entries_in(locked).empty());
+}
+
+TEST_F(AtomicFileTest, WriteFailureLeavesNoFile) {
+  // A child process limits its file size to 1000 bytes (RLIMIT_FSIZE), so
+  // write() fails with EFBIG part way through a 5000-byte file. SIGXFSZ is
+  // ignored so the write returns the error instead of killing the child.
+  const fs::path path = directory_ / "mask.npy";
+  write_file_atomic(path, std::string_view("previous version"));
+
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0) << "fork failed";
+  if (child == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    const struct rlimit limit = {1000, 1000};
+    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(10);
+
+    int outcome = 0;
+    try {
+      write_file_atomic(path, std::string(5000, 'x'));
+      outcome = 1;
+    } catch (const IoError& error) {
+      const std::string expected = "write failed for " + path.string() + ": File too large (errno 27)";
+      if (error.errno_value() != EFBIG) outcome = 2;
+      else if (error.what() != expected) outcome = 3;
+    } catch (...) {
+      outcome = 4;
+    }
+    ::_exit(outcome);
+  }
+
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "child did not exit normally, status " << status;
+  // 1: no exception, 2: errno is not EFBIG, 3: message differs, 4: not IoError, 10: setrlimit failed.
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+
+  EXPECT_EQ(read_file(path), "previous version");
+  EXPECT_EQ(entries_in(directory_), std::vector<std::string>{"mask.npy"});
+}
+
+TEST_F(AtomicFileTest, ReadMissingFileThrows) {
+  const fs::path path = directory_ / "absent.txt";
+  try {
+    read_file(path);
+    FAIL() << "expected IoError for " << path;
+  } catch (const IoError& error) {
+    EXPECT_EQ(error.errno_value(), ENOENT);
+    EXPECT_NE(std::string(error.what()).find("open failed for " + path.string()), std::string::npos)
+        << error.what();
+  }
+}
+
+TEST_F(AtomicFileTest, ReadDirectoryThrows) {
+  try {
+    read_file(directory_);
+    FAIL() << "expected IoError for " << directory_;
+  } catch (const IoError& error) {
+    EXPECT_EQ(error.errno_value(), EISDIR);
+    EXPECT_NE(std::string(error.what()).find("read failed for " + directory_.string()), std::string::npos)
+        << error.what();
+  }
+}
+
+}  // namespace
+}  // namespace scaffold
