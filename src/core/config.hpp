@@ -10,10 +10,6 @@
 #include <string>
 #include <vector>
 
-namespace YAML {
-class Node;
-}
-
 namespace scaffold {
 
 // A user error in a configuration file or override; the message names the key,
@@ -69,11 +65,15 @@ struct Config {
   double ce_weight_sample_fraction = 0.1;
   bool dataset_reuse_enforce_commit_id = false;
 
-  // Other accepted keys.
+  // Keys the reference accepts outside its default file; listed with the
+  // user-facing group in configs/benchmark_default.yml.
   std::string job_name = "benchmark";
   bool async_save = false;
 
-  // Derived after loading; never read from files.
+  bool operator==(const Config&) const = default;
+
+  // Derived values. Files may contain them (a run directory's config.yaml does),
+  // but they must agree with problem_scale and unet_bottleneck_dim.
   int vol_size() const { return 1 << problem_scale; }
   int unet_layers() const { return problem_scale - unet_bottleneck_dim; }
   std::int64_t point_num() const {
@@ -82,26 +82,46 @@ struct Config {
   }
 };
 
-// Command-line overrides; an unset optional leaves the file's value.
+// Command-line overrides; a key missing from the map leaves the files' value.
 struct ConfigOverrides {
-  std::map<std::string, std::string> values;  // key -> value as text, e.g. {"problem_scale", "5"}
+  // Key -> value as text, parsed with the same type rules as a file value, e.g.
+  // {"problem_scale", "5"}. List keys take "[2, 1, 1]", "2,1,1" or "2 1 1".
+  std::map<std::string, std::string> values;
 };
 
-// Loads and merges the files in order: the first is complete or partial over the
-// defaults, the later ones override it key by key. Applies the overrides last,
-// then validates. Throws ConfigError.
+// Loads and merges the files in order over the defaults: each file may set any
+// subset of the keys, and a later file wins over an earlier one key by key. Applies
+// the overrides last, normalises the spelling of `optimizer` to "ADAM" or "RMSProp",
+// then validates. Older key names are mapped to the current ones with a warning.
+// Throws ConfigError naming the file, key and value.
 Config load_config(const std::vector<std::filesystem::path>& files, const ConfigOverrides& overrides = {});
 
-// Parses one YAML text (for tests); `origin` names the source in messages.
+// Parses one YAML text like one config file; `origin` names the source in messages.
 Config load_config_text(const std::string& yaml_text, const std::string& origin = "<string>");
 
 // Checks every range rule; throws ConfigError naming the key, value and valid range.
 void validate(const Config& config);
 
-// Serialises every key plus the derived values (vol_size, unet_layers, point_num).
+// Serialises every key in file order plus the derived values (vol_size,
+// unet_layers, point_num); load_config reads the result back to an equal Config.
 std::string to_yaml(const Config& config);
 
 // All valid key names, in file order.
 const std::vector<std::string>& config_keys();
+
+// Number of volumes in the dataset and their split. Each category fills
+// n_instances_used_per_fractal / n_fracts_per_vol volumes (rounded down), and
+// int(total * val_split / 100) of all volumes go to validation.
+struct VolumeCounts {
+  std::int64_t total = 0;
+  std::int64_t train = 0;
+  std::int64_t validation = 0;
+};
+VolumeCounts volume_counts(const Config& config);
+
+// Formats a double as Python's str(float) does: the shortest text that reads back
+// to the same value, with at least one decimal ("0.15", "1.0", "1e-05", "1e+16").
+// The fractal directory name var<variance_threshold> uses it.
+std::string format_threshold(double value);
 
 }  // namespace scaffold
