@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,13 @@ inline constexpr int kDatasetFormatVersion = 5;
 
 enum class Split { kTraining, kValidation };
 
+// A missing, incomplete or inconsistent dataset on disk. The message names the
+// file and explains how to regenerate the dataset.
+class DatasetError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 struct DatasetInfo {
   std::filesystem::path dir;        // <dataset_dir>/<config_id>/<YYYYmmdd-HHMMSS>__<commit>
   std::string config_id;            // 12 hex chars
@@ -24,12 +32,25 @@ struct DatasetInfo {
   int n_classes = 0;                // n_categories + 1
 };
 
-// First 12 hex chars of SHA-256 of the compact, sorted-key JSON of the dataset
-// subset of the config (the reference's config_id).
+// Compact JSON with sorted keys of the config keys that define a dataset, as
+// Python's json.dumps(subset, separators=(",", ":"), sort_keys=True) prints it.
+// The (dc_shard_dims, dc_num_shards) pairs are sorted by dim. Config stores
+// val_split and variance_threshold as double, so an integer value prints as an
+// int ("30", as for YAML `val_split: 30`) and any other value in Python's
+// shortest form ("0.15"). A YAML file that writes `30.0` therefore hashes as
+// "30.0" in the reference but as "30" here.
+std::string dataset_config_json(const Config& config);
+
+// First 12 hex chars of SHA-256 of dataset_config_json (the reference's config_id).
 std::string dataset_config_id(const Config& config);
 
-// Reuses a matching dataset, or builds one (generating the fractal library
-// first when it is missing). Returns its description.
+// Reuses the newest complete dataset under <dataset_dir>/<config_id>/ whose
+// meta.yaml matches (config_id, format version, and code commit when
+// dataset_reuse_enforce_commit_id is set), or builds one in a staging directory
+// and renames it into place (generating the fractal library first when an
+// instance file is missing). Throws ConfigError for invalid dataset keys.
+// NOTE: not rank-aware. With several ranks, call it on rank 0 only and let the
+// other ranks open_dataset the returned directory after a barrier.
 DatasetInfo ensure_dataset(const Config& config);
 
 // Opens an existing dataset directory (reads meta.yaml, lists ids); throws naming

@@ -1,0 +1,452 @@
+#include "dataset/dataset.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <optional>
+#include <random>
+#include <utility>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <yaml-cpp/yaml.h>
+
+#include "core/atomic_file.hpp"
+#include "core/hash.hpp"
+#include "core/npy.hpp"
+#include "dataset/contents.hpp"
+#include "dataset/render.hpp"
+#include "fractal/library.hpp"
+#include "scaffold/version.hpp"
+
+namespace scaffold {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The reference's INCLUDE_KEYS, in its order.
+const std::vector<std::string> kIncludeKeys = {
+    "dataset_format_version", "n_categories",     "n_instances_used_per_fractal",
+    "problem_scale",          "seed",             "variance_threshold",
+    "n_fracts_per_vol",       "val_split",        "dc_num_shards",
+    "dc_shard_dims"};
+
+// Staging directories untouched for this long belong to a dead writer.
+constexpr auto kStaleStagingAge = std::chrono::hours(24);
+
+// Python's json.dumps prints an int as "30" and a float as "30.0"; Config keeps
+// these keys as double, so integer values are taken to have been ints.
+nlohmann::json python_number(double value) {
+  if (std::isfinite(value) && value == std::floor(value) && std::abs(value) < 0x1.0p53) {
+    return static_cast<std::int64_t>(value);
+  }
+  return value;
+}
+
+// The dataset-defining keys; `sort_shards` orders the (dim, shards) pairs by dim
+// as the hash requires, otherwise they keep the config's order.
+nlohmann::json config_subset(const Config& config, bool sort_shards) {
+  std::vector<int> dims = config.dc_shard_dims;
+  std::vector<int> shards = config.dc_num_shards;
+  if (sort_shards && dims.size() == shards.size()) {
+    std::vector<std::pair<int, int>> pairs;
+    for (std::size_t i = 0; i < dims.size(); ++i) pairs.emplace_back(dims[i], shards[i]);
+    std::stable_sort(pairs.begin(), pairs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (std::size_t i = 0; i < pairs.size(); ++i) std::tie(dims[i], shards[i]) = pairs[i];
+  }
+
+  nlohmann::json subset;  // std::map keys: sorted bytewise, as sort_keys sorts ASCII keys
+  subset["dataset_format_version"] = kDatasetFormatVersion;
+  subset["n_categories"] = config.n_categories;
+  subset["n_instances_used_per_fractal"] = config.n_instances_used_per_fractal;
+  subset["problem_scale"] = config.problem_scale;
+  subset["seed"] = config.seed;
+  subset["variance_threshold"] = python_number(config.variance_threshold);
+  subset["n_fracts_per_vol"] = config.n_fracts_per_vol;
+  subset["val_split"] = python_number(config.val_split);
+  subset["dc_num_shards"] = shards;
+  subset["dc_shard_dims"] = dims;
+  return subset;
+}
+
+struct UtcTime {
+  std::string directory_stamp;  // YYYYmmdd-HHMMSS
+  std::string iso;              // YYYY-mm-ddTHH:MM:SSZ
+};
+
+UtcTime utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char stamp[32];
+  char iso[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &utc);
+  std::strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return {stamp, iso};
+}
+
+std::string random_hex8() {
+  std::random_device device;
+  return fmt::format("{:08x}", static_cast<std::uint32_t>(device()));
+}
+
+std::string yaml_list(const std::vector<int>& values) { return fmt::format("[{}]", fmt::join(values, ", ")); }
+
+// meta.yaml as text: strings are double-quoted so a hex id made of digits stays
+// a string, and numbers use the JSON spelling of the hashed subset.
+std::string meta_yaml_text(const Config& config, const std::string& config_id, const VolumePlan& plan,
+                           const std::string& created_at) {
+  std::string text;
+  text += fmt::format("config_id: \"{}\"\n", config_id);
+  text += fmt::format("dataset_format_version: {}\n", kDatasetFormatVersion);
+  text += "config_subset:\n";
+  const nlohmann::json subset = config_subset(config, false);
+  for (const auto& [key, value] : subset.items()) {
+    text += fmt::format("  {}: {}\n", key, value.dump());
+  }
+  text += "include_keys:\n";
+  for (const std::string& key : kIncludeKeys) text += fmt::format("  - {}\n", key);
+  text += fmt::format("code_commit: \"{}\"\n", kGitCommit);
+  text += fmt::format("created_at: \"{}\"\n", created_at);
+  text += fmt::format("n_volumes: {}\n", plan.n_volumes());
+  text += fmt::format("n_train: {}\n", plan.train_ids.size());
+  text += fmt::format("n_val: {}\n", plan.val_ids.size());
+  text += fmt::format("vol_size: {}\n", config.vol_size());
+  return text;
+}
+
+YAML::Node read_meta(const fs::path& dir) {
+  const fs::path path = dir / "meta.yaml";
+  if (!fs::is_regular_file(path)) {
+    throw DatasetError(fmt::format("dataset {} has no meta.yaml, so it is incomplete or not a dataset; delete the "
+                                   "directory and run the benchmark again to regenerate it",
+                                   dir.string()));
+  }
+  try {
+    YAML::Node meta = YAML::LoadFile(path.string());
+    if (!meta.IsMap()) throw DatasetError(fmt::format("{} is not a YAML mapping; delete the dataset directory {} "
+                                                      "and run the benchmark again to regenerate it",
+                                                      path.string(), dir.string()));
+    return meta;
+  } catch (const YAML::Exception& error) {
+    throw DatasetError(fmt::format("cannot parse {}: {}; delete the dataset directory {} and run the benchmark "
+                                   "again to regenerate it",
+                                   path.string(), error.what(), dir.string()));
+  }
+}
+
+template <typename T>
+T meta_value(const YAML::Node& node, const std::string& key, const fs::path& meta_path) {
+  const YAML::Node value = node[key];
+  if (!value) throw DatasetError(fmt::format("{} has no key '{}'; the dataset is incomplete, delete its directory and "
+                                             "run the benchmark again",
+                                             meta_path.string(), key));
+  try {
+    return value.as<T>();
+  } catch (const YAML::Exception&) {
+    throw DatasetError(fmt::format("{}: key '{}' has an invalid value '{}'; delete the dataset directory and run the "
+                                   "benchmark again",
+                                   meta_path.string(), key, YAML::Dump(value)));
+  }
+}
+
+// A data file written by write_npy contains a header of at least 64 bytes before
+// `data_bytes` of data; anything shorter is truncated.
+bool data_file_present(const fs::path& path, std::uintmax_t data_bytes) {
+  std::error_code error;
+  const std::uintmax_t size = fs::file_size(path, error);
+  return !error && size >= data_bytes + 64;
+}
+
+// Returns why `dir` cannot be reused for `config`, or nothing when it can.
+std::optional<std::string> reuse_defect(const fs::path& dir, const Config& config, const std::string& config_id,
+                                        const VolumePlan& plan) {
+  YAML::Node meta;
+  try {
+    meta = read_meta(dir);
+  } catch (const DatasetError& error) {
+    return error.what();
+  }
+  const fs::path meta_path = dir / "meta.yaml";
+
+  try {
+    if (meta_value<std::string>(meta, "config_id", meta_path) != config_id) return "its config_id differs";
+    const int version = meta_value<int>(meta, "dataset_format_version", meta_path);
+    if (version != kDatasetFormatVersion) return fmt::format("it has format version {}", version);
+    if (config.dataset_reuse_enforce_commit_id) {
+      const std::string commit = meta_value<std::string>(meta, "code_commit", meta_path);
+      if (commit != kGitCommit) {
+        return fmt::format("it was made by commit {}, not {} (dataset_reuse_enforce_commit_id is set)", commit,
+                           kGitCommit);
+      }
+    }
+  } catch (const DatasetError& error) {
+    return error.what();
+  }
+
+  if (!fs::is_regular_file(dir / "volumes_contents.csv")) return "volumes_contents.csv is missing";
+  const std::uintmax_t g = static_cast<std::uintmax_t>(config.vol_size());
+  for (int v = 0; v < plan.n_volumes(); ++v) {
+    const bool validation = std::binary_search(plan.val_ids.begin(), plan.val_ids.end(), v);
+    const fs::path volume = volume_file(dir, validation, v);
+    const fs::path mask = mask_file(dir, validation, v);
+    if (!data_file_present(volume, 3 * g * g * g * sizeof(float))) return volume.string() + " is missing or truncated";
+    if (!data_file_present(mask, g * g * g * sizeof(std::uint16_t))) return mask.string() + " is missing or truncated";
+  }
+  return std::nullopt;
+}
+
+// The newest reusable dataset under `root`, skipping staging directories.
+std::optional<fs::path> find_reusable_dataset(const fs::path& root, const Config& config, const std::string& config_id,
+                                              const VolumePlan& plan) {
+  if (!fs::is_directory(root)) return std::nullopt;
+
+  std::vector<fs::path> candidates;
+  for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
+    if (!entry.is_directory() || entry.path().filename().string().starts_with(".tmp_")) continue;
+    candidates.push_back(entry.path());
+  }
+
+  // Names start with a UTC timestamp, so reverse name order is newest first.
+  std::sort(candidates.begin(), candidates.end(), std::greater<>());
+  for (const fs::path& candidate : candidates) {
+    const std::optional<std::string> defect = reuse_defect(candidate, config, config_id, plan);
+    if (!defect) return candidate;
+    spdlog::info("not reusing dataset {}: {}", candidate.string(), *defect);
+  }
+  return std::nullopt;
+}
+
+fs::file_time_type latest_write_time(const fs::path& dir) {
+  fs::file_time_type latest = fs::last_write_time(dir);
+  for (const fs::directory_entry& entry : fs::recursive_directory_iterator(dir)) {
+    std::error_code error;
+    const fs::file_time_type time = entry.last_write_time(error);
+    if (!error) latest = std::max(latest, time);
+  }
+  return latest;
+}
+
+// Removes staging directories left by writers that died: nothing in them has
+// changed for kStaleStagingAge. A live writer renames a new file into place at
+// least once per volume.
+void remove_stale_staging(const fs::path& root) {
+  const fs::file_time_type now = fs::file_time_type::clock::now();
+  for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
+    if (!entry.is_directory() || !entry.path().filename().string().starts_with(".tmp_")) continue;
+    try {
+      if (now - latest_write_time(entry.path()) < kStaleStagingAge) continue;
+      spdlog::warn("removing stale dataset staging directory {} (unchanged for over 24 h)", entry.path().string());
+      fs::remove_all(entry.path());
+    } catch (const fs::filesystem_error& error) {
+      spdlog::warn("cannot remove stale staging directory {}: {}", entry.path().string(), error.what());
+    }
+  }
+}
+
+bool any_instance_missing(const VolumePlan& plan, const FractalLibraryPaths& library) {
+  return std::any_of(plan.placements.begin(), plan.placements.end(), [&](const FractalPlacement& placement) {
+    return !fs::is_regular_file(instance_path(library, placement.category, placement.instance));
+  });
+}
+
+std::string mask_values_yaml(const std::vector<int>& values) {
+  return fmt::format("mask_values: {}\n", yaml_list(values));
+}
+
+// Writes the whole dataset into a staging directory under `root` and renames it
+// to <timestamp>__<commit>; returns the final path.
+fs::path build_dataset(const Config& config, const std::string& config_id, const VolumePlan& plan,
+                       const FractalLibraryPaths& library, const fs::path& root) {
+  const UtcTime created = utc_now();
+  const fs::path staging = root / fmt::format(".tmp_{}_{}_{}", created.directory_stamp, getpid(), random_hex8());
+  fs::create_directories(staging);
+
+  try {
+    // Volumes first, then the small files, meta.yaml last.
+    write_volume_files(config, plan, library, staging);
+    write_file_atomic(staging / "volumes_contents.csv", volumes_contents_csv(plan));
+    write_file_atomic(staging / "train_unique_mask_vals.yaml",
+                      mask_values_yaml(mask_values_present(plan, plan.train_ids)));
+    write_file_atomic(staging / "val_unique_mask_vals.yaml", mask_values_yaml(mask_values_present(plan, plan.val_ids)));
+    write_file_atomic(staging / "meta.yaml", meta_yaml_text(config, config_id, plan, created.iso));
+
+    // Two builds in the same second get -2, -3, ... which still sort newest last.
+    const std::string base_name = fmt::format("{}__{}", created.directory_stamp, kGitCommit);
+    fs::path final_dir = root / base_name;
+    for (int attempt = 2; fs::exists(final_dir); ++attempt) final_dir = root / fmt::format("{}-{}", base_name, attempt);
+    fs::rename(staging, final_dir);
+    return final_dir;
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
+  }
+}
+
+// Volume indices in one split directory, from names "<v>_shard000000.npy".
+std::vector<int> list_volume_ids(const fs::path& dataset_dir, Split split) {
+  const bool validation = split == Split::kValidation;
+  const fs::path dir = dataset_dir / "volumes" / (validation ? "validation" : "training");
+  if (!fs::is_directory(dir)) {
+    throw DatasetError(fmt::format("dataset directory {} is missing; the dataset is incomplete, delete {} and run the "
+                                   "benchmark again to regenerate it",
+                                   dir.string(), dataset_dir.string()));
+  }
+
+  constexpr std::string_view kSuffix = "_shard000000.npy";
+  std::vector<int> ids;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with('.')) continue;  // temporary files of an atomic write
+
+    int id = -1;
+    const bool has_suffix = name.size() > kSuffix.size() && name.ends_with(kSuffix);
+    const char* end = name.data() + name.size() - kSuffix.size();
+    const auto [parsed_end, error] = std::from_chars(name.data(), end, id);
+    if (!has_suffix || error != std::errc() || parsed_end != end || id < 0) {
+      throw DatasetError(fmt::format("unexpected file {}: volume files are named <index>_shard000000.npy (one shard "
+                                     "per volume); remove the file or regenerate the dataset",
+                                     entry.path().string()));
+    }
+
+    const fs::path mask = mask_file(dataset_dir, validation, id);
+    if (!fs::is_regular_file(mask)) {
+      throw DatasetError(fmt::format("mask {} for volume {} is missing; delete the dataset directory {} and run the "
+                                     "benchmark again to regenerate it",
+                                     mask.string(), entry.path().string(), dataset_dir.string()));
+    }
+    ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+}  // namespace
+
+std::string dataset_config_json(const Config& config) { return config_subset(config, true).dump(); }
+
+std::string dataset_config_id(const Config& config) { return sha256_hex(dataset_config_json(config)).substr(0, 12); }
+
+DatasetInfo ensure_dataset(const Config& config) {
+  check_dataset_config(config);
+  const std::string config_id = dataset_config_id(config);
+  const fs::path root = fs::path(config.dataset_dir) / config_id;
+  const VolumePlan plan = plan_volumes(config);
+
+  if (const std::optional<fs::path> reusable = find_reusable_dataset(root, config, config_id, plan)) {
+    spdlog::info("reusing dataset {}", reusable->string());
+    return open_dataset(*reusable);
+  }
+
+  const FractalLibraryPaths library = fractal_library_paths(config);
+  if (any_instance_missing(plan, library)) {
+    spdlog::info("fractal instances missing under {}; generating the fractal library", library.instances_dir.string());
+    generate_fractal_library(config);
+  }
+
+  fs::create_directories(root);
+  remove_stale_staging(root);
+  spdlog::info("generating dataset {}: {} volumes ({} training, {} validation) of {}^3 voxels", config_id,
+               plan.n_volumes(), plan.train_ids.size(), plan.val_ids.size(), config.vol_size());
+  const fs::path dir = build_dataset(config, config_id, plan, library, root);
+  spdlog::info("dataset written to {}", dir.string());
+  return open_dataset(dir);
+}
+
+DatasetInfo open_dataset(const fs::path& dir) {
+  const YAML::Node meta = read_meta(dir);
+  const fs::path meta_path = dir / "meta.yaml";
+
+  const int version = meta_value<int>(meta, "dataset_format_version", meta_path);
+  if (version != kDatasetFormatVersion) {
+    throw DatasetError(fmt::format("{}: dataset_format_version is {}, but this program reads only format {}; delete "
+                                   "the dataset directory {} and run the benchmark again to regenerate it",
+                                   meta_path.string(), version, kDatasetFormatVersion, dir.string()));
+  }
+
+  // Sizes come from config_subset, which datasets of the reference also carry.
+  const YAML::Node subset = meta["config_subset"];
+  if (!subset || !subset.IsMap()) {
+    throw DatasetError(fmt::format("{} has no config_subset mapping; delete the dataset directory {} and run the "
+                                   "benchmark again to regenerate it",
+                                   meta_path.string(), dir.string()));
+  }
+  const int problem_scale = meta_value<int>(subset, "problem_scale", meta_path);
+  const int n_categories = meta_value<int>(subset, "n_categories", meta_path);
+  if (problem_scale < 1 || problem_scale > 16 || n_categories < 1 || n_categories > 65534) {
+    throw DatasetError(fmt::format("{}: config_subset has problem_scale {} and n_categories {}, outside [1, 16] and "
+                                   "[1, 65534]; the file is corrupt, regenerate the dataset",
+                                   meta_path.string(), problem_scale, n_categories));
+  }
+
+  DatasetInfo info;
+  info.dir = dir;
+  info.config_id = meta_value<std::string>(meta, "config_id", meta_path);
+  info.vol_size = 1 << problem_scale;
+  info.n_classes = n_categories + 1;
+  info.train_ids = list_volume_ids(dir, Split::kTraining);
+  info.val_ids = list_volume_ids(dir, Split::kValidation);
+
+  // Counts are extras of this program; a dataset of the reference lacks them.
+  for (const auto& [key, ids] : {std::pair{"n_train", &info.train_ids}, std::pair{"n_val", &info.val_ids}}) {
+    if (!meta[key]) continue;
+    const auto expected = meta_value<std::size_t>(meta, key, meta_path);
+    if (ids->size() != expected) {
+      throw DatasetError(fmt::format("{} lists {} = {}, but {} volume files were found; the dataset is incomplete, "
+                                     "delete {} and run the benchmark again to regenerate it",
+                                     meta_path.string(), key, expected, ids->size(), dir.string()));
+    }
+  }
+
+  std::vector<int> both;
+  std::set_intersection(info.train_ids.begin(), info.train_ids.end(), info.val_ids.begin(), info.val_ids.end(),
+                        std::back_inserter(both));
+  if (!both.empty()) {
+    throw DatasetError(fmt::format("dataset {}: volume {} is in both the training and the validation split; delete the "
+                                   "directory and run the benchmark again to regenerate it",
+                                   dir.string(), both.front()));
+  }
+  return info;
+}
+
+fs::path volume_path(const DatasetInfo& info, Split split, int volume_index) {
+  return volume_file(info.dir, split == Split::kValidation, volume_index);
+}
+
+fs::path mask_path(const DatasetInfo& info, Split split, int volume_index) {
+  return mask_file(info.dir, split == Split::kValidation, volume_index);
+}
+
+Sample load_sample(const DatasetInfo& info, Split split, int volume_index) {
+  const std::int64_t g = info.vol_size;
+  const fs::path volume_file_path = volume_path(info, split, volume_index);
+  const fs::path mask_file_path = mask_path(info, split, volume_index);
+  const NpyArray volume = read_npy_checked(volume_file_path, DType::kFloat32, {3, g, g, g});
+  const NpyArray mask = read_npy_checked(mask_file_path, DType::kUInt16, {g, g, g});
+
+  Sample sample;
+  sample.volume_index = volume_index;
+  sample.volume.assign(volume.as<float>(), volume.as<float>() + volume.element_count());
+  sample.mask.assign(mask.as<std::uint16_t>(), mask.as<std::uint16_t>() + mask.element_count());
+
+  // A label past the class count would index outside the loss's class weights.
+  const int max_label = info.n_classes - 1;
+  const auto largest = std::max_element(sample.mask.begin(), sample.mask.end());
+  if (largest != sample.mask.end() && *largest > max_label) {
+    throw DatasetError(fmt::format("mask {} contains label {} at flat index {}, but valid labels are 0..{} "
+                                   "(n_categories = {}); delete the dataset directory {} and run the benchmark again "
+                                   "to regenerate it",
+                                   mask_file_path.string(), *largest, largest - sample.mask.begin(), max_label,
+                                   max_label, info.dir.string()));
+  }
+  return sample;
+}
+
+}  // namespace scaffold
