@@ -696,6 +696,20 @@ TEST(Library, ClassesAreAcceptedCandidatesInOrder) {
   EXPECT_EQ(snapshot(paths.instances_dir).size(), 3u * 145u);
 }
 
+// Regression: classes searched at scale 4 (16-point clouds) once ran away in
+// the 128-point instances of scale 5, because the class directory is shared by
+// every scale. Accepted classes must stay bounded over 65,536 points.
+TEST(ClassSearch, SmallScaleClassesStayBoundedAtLargerScales) {
+  TempDir dir;
+  const Config config = small_config(dir.path(), 12);
+  const std::vector<Ifs> classes = search_classes(dir.path() / "3DIFS_param", config, 5);
+  ASSERT_EQ(classes.size(), 12u);
+  for (std::size_t k = 0; k < classes.size(); ++k) {
+    CounterRng rng(7, RngPurpose::kInstancePoints, k);
+    EXPECT_FALSE(generate_points(classes[k], kStabilityCheckPoints, rng).runaway) << "class " << k;
+  }
+}
+
 TEST(Library, SameBytesForOneAndTwoThreads) {
   ThreadCountGuard guard;
   TempDir one, two;

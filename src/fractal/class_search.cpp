@@ -204,6 +204,14 @@ ClassCandidate evaluate_class_candidate(const Config& config, std::uint64_t atte
   CounterRng points_rng(seed, RngPurpose::kClassPoints, attempt);
   const PointCloud cloud = generate_points(candidate.ifs, config.point_num(), points_rng);
   candidate.check = check_class_cloud(cloud, config.normalize, config.variance_threshold);
+
+  // Longer orbit of the same stream: its first point_num points are the cloud above.
+  if (candidate.check.verdict == CloudVerdict::kAccepted && config.point_num() < kStabilityCheckPoints) {
+    CounterRng long_rng(seed, RngPurpose::kClassPoints, attempt);
+    if (generate_points(candidate.ifs, kStabilityCheckPoints, long_rng).runaway) {
+      candidate.check.verdict = CloudVerdict::kRunaway;
+    }
+  }
   return candidate;
 }
 

@@ -43,9 +43,17 @@ struct ClassCandidate {
   CloudCheck check;
 };
 
+// Orbit length over which an accepted candidate must also stay bounded. The
+// class directory is shared by every problem scale, and the instances of scale
+// 8 draw 65,536 points: a class accepted on the 16 points of scale 4 could
+// otherwise run away there.
+inline constexpr std::int64_t kStabilityCheckPoints = 65536;
+
 // Evaluates attempt `attempt`: parameters from CounterRng(seed, kClassParams,
 // attempt), a cloud of config.point_num() points from CounterRng(seed,
-// kClassPoints, attempt), then check_class_cloud.
+// kClassPoints, attempt), then check_class_cloud. An accepted candidate whose
+// orbit from the same stream runs away within max(point_num,
+// kStabilityCheckPoints) points is rejected as runaway.
 ClassCandidate evaluate_class_candidate(const Config& config, std::uint64_t attempt);
 
 // File name of class `category` in the parameter directory: "NNNNNN.csv".
