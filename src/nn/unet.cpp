@@ -1,0 +1,159 @@
+#include "nn/unet.hpp"
+
+#include <stdexcept>
+#include <string>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace scaffold {
+
+namespace {
+
+constexpr int kBaseWidth = 64;
+
+torch::nn::Conv3d make_conv3x3(int in_channels, int out_channels) {
+  return torch::nn::Conv3d(
+      torch::nn::Conv3dOptions(in_channels, out_channels, 3).padding(1).bias(false));
+}
+
+torch::nn::GroupNorm make_group_norm(int groups, int channels) {
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(1e-5).affine(true));
+}
+
+}  // namespace
+
+DoubleConvImpl::DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups) {
+  // In-place ReLU is safe here because GroupNorm's backward reads its input,
+  // not its output, and it saves one activation-sized buffer per block.
+  double_conv_ = torch::nn::Sequential(
+      make_conv3x3(in_channels, out_channels), make_group_norm(group_norm_groups, out_channels),
+      torch::nn::ReLU(torch::nn::ReLUOptions(true)), make_conv3x3(out_channels, out_channels),
+      make_group_norm(group_norm_groups, out_channels), torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+  register_module("double_conv", double_conv_);
+}
+
+torch::Tensor DoubleConvImpl::forward(const torch::Tensor& x) { return double_conv_->forward(x); }
+
+DownImpl::DownImpl(int in_channels, int out_channels, int group_norm_groups) {
+  maxpool_conv_ = torch::nn::Sequential(torch::nn::MaxPool3d(torch::nn::MaxPool3dOptions(2).stride(2)),
+                                        DoubleConv(in_channels, out_channels, group_norm_groups));
+  register_module("maxpool_conv", maxpool_conv_);
+}
+
+torch::Tensor DownImpl::forward(const torch::Tensor& x) { return maxpool_conv_->forward(x); }
+
+UpImpl::UpImpl(int in_channels, int out_channels, int group_norm_groups) {
+  up_ = register_module(
+      "up", torch::nn::ConvTranspose3d(
+                torch::nn::ConvTranspose3dOptions(in_channels, in_channels / 2, 2).stride(2).bias(true)));
+  conv_ = register_module("conv", DoubleConv(in_channels, out_channels, group_norm_groups));
+}
+
+torch::Tensor UpImpl::forward(const torch::Tensor& deep, const torch::Tensor& skip) {
+  // upsampled: [N, in/2, D, H, W], the same spatial size as skip because the
+  // U-Net only accepts sizes divisible by 2^layers, so no padding is needed.
+  const torch::Tensor upsampled = up_->forward(deep);
+
+  // Skip connection first, matching the reference channel order.
+  return conv_->forward(torch::cat({skip, upsampled}, 1));
+}
+
+OutConvImpl::OutConvImpl(int in_channels, int n_classes) {
+  conv_ = register_module("conv",
+                          torch::nn::Conv3d(torch::nn::Conv3dOptions(in_channels, n_classes, 1).bias(true)));
+}
+
+torch::Tensor OutConvImpl::forward(const torch::Tensor& x) { return conv_->forward(x); }
+
+UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups)
+    : in_channels_(in_channels), n_classes_(n_classes), layers_(layers) {
+  if (layers < 1) {
+    throw std::invalid_argument(fmt::format(
+        "invalid U-Net depth: layers={} but it must be at least 1 (unet_layers = problem_scale - "
+        "unet_bottleneck_dim)",
+        layers));
+  }
+  if (in_channels < 1 || n_classes < 1) {
+    throw std::invalid_argument(fmt::format(
+        "invalid U-Net channels: in_channels={} n_classes={}, both must be at least 1", in_channels,
+        n_classes));
+  }
+  if (group_norm_groups < 1 || kBaseWidth % group_norm_groups != 0) {
+    throw std::invalid_argument(fmt::format(
+        "invalid group_norm_groups={}: it must divide the base width {} so every GroupNorm splits "
+        "its channels evenly",
+        group_norm_groups, kBaseWidth));
+  }
+
+  // Register in the reference order (inc, down1.., up1.., outc) so that
+  // parameters() lists tensors in the same order as the reference state dict.
+  inc_ = register_module("inc", DoubleConv(in_channels, kBaseWidth, group_norm_groups));
+  for (int i = 0; i < layers; ++i) {
+    const int width = kBaseWidth << i;
+    downs_.push_back(register_module(fmt::format("down{}", i + 1),
+                                     Down(width, 2 * width, group_norm_groups)));
+  }
+  for (int i = 0; i < layers; ++i) {
+    const int deep_width = kBaseWidth << (layers - i);
+    ups_.push_back(register_module(fmt::format("up{}", i + 1),
+                                   Up(deep_width, deep_width / 2, group_norm_groups)));
+  }
+  outc_ = register_module("outc", OutConv(kBaseWidth, n_classes));
+}
+
+void UNetImpl::check_input(const torch::Tensor& x) const {
+  if (x.dim() != 5) {
+    throw std::invalid_argument(fmt::format(
+        "U-Net input must be 5-D [N, C, D, H, W], got shape {}", fmt::join(x.sizes(), "x")));
+  }
+  if (x.size(1) != in_channels_) {
+    throw std::invalid_argument(fmt::format("U-Net input has {} channels but the model expects {}",
+                                            x.size(1), in_channels_));
+  }
+
+  // Every Down block halves the size and every Up block doubles it again, so
+  // each spatial size must survive `layers` exact halvings.
+  const std::int64_t factor = std::int64_t{1} << layers_;
+  for (int dim = 2; dim < 5; ++dim) {
+    const std::int64_t size = x.size(dim);
+    if (size < factor || size % factor != 0) {
+      throw std::invalid_argument(fmt::format(
+          "U-Net with {} layers needs spatial sizes that are positive multiples of {}, got {}x{}x{}. "
+          "Lower unet_layers or use a volume size divisible by {}",
+          layers_, factor, x.size(2), x.size(3), x.size(4), factor));
+    }
+  }
+}
+
+torch::Tensor UNetImpl::forward(const torch::Tensor& x) {
+  check_input(x);
+
+  // skips[i]: [N, 64 * 2^i, D / 2^i, H / 2^i, W / 2^i] for i = 0..layers-1.
+  std::vector<torch::Tensor> skips;
+  skips.reserve(layers_);
+  torch::Tensor h = inc_->forward(x);
+  for (auto& down : downs_) {
+    skips.push_back(h);
+    h = down->forward(h);
+  }
+
+  // h is the bottleneck [N, 64 * 2^layers, D / 2^layers, ...]. Walk back up,
+  // taking the encoder outputs in reverse order as skips.
+  for (int i = 0; i < layers_; ++i) {
+    h = ups_[i]->forward(h, skips[layers_ - 1 - i]);
+  }
+
+  // logits: [N, n_classes, D, H, W]
+  return outc_->forward(h);
+}
+
+std::int64_t count_parameters(const UNet& net) {
+  std::int64_t total = 0;
+  for (const auto& parameter : net->parameters()) {
+    total += parameter.numel();
+  }
+  return total;
+}
+
+}  // namespace scaffold
