@@ -1,0 +1,265 @@
+// The scaffold command: generate_fractals builds the fractal library,
+// benchmark builds the dataset if needed and trains to the Dice target.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/version.h>
+
+#include "core/atomic_file.hpp"
+#include "core/config.hpp"
+#include "core/logging.hpp"
+#include "dataset/dataset.hpp"
+#include "fractal/library.hpp"
+#include "scaffold/version.hpp"
+#include "train/run_files.hpp"
+#include "train/trainer.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A command-line option that overrides a config key when given.
+struct OverrideOption {
+  std::string key;
+  std::string value;
+  CLI::Option* option = nullptr;
+};
+
+std::string host_name() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) {
+    return "unknown";
+  }
+  return name;
+}
+
+scaffold::ConfigOverrides collect_overrides(const std::vector<OverrideOption>& options) {
+  scaffold::ConfigOverrides overrides;
+  for (const OverrideOption& option : options) {
+    if (option.option != nullptr && option.option->count() > 0) {
+      overrides.values[option.key] = option.value;
+    }
+  }
+  return overrides;
+}
+
+void add_override(CLI::App& app, std::vector<OverrideOption>& options, const std::string& flag, const std::string& key,
+                  const std::string& help) {
+  options.push_back({key, "", nullptr});
+  // Option storage must stay at a fixed address: `options` is reserved up front.
+  options.back().option = app.add_option(flag, options.back().value, help);
+}
+
+// "[3, 1, 1]" from three numbers given on the command line.
+void add_list_override(CLI::App& app, std::vector<OverrideOption>& options, std::vector<std::vector<int>>& storage,
+                       const std::string& flag, const std::string& key, const std::string& help) {
+  storage.emplace_back();
+  options.push_back({key, "", nullptr});
+  options.back().option = app.add_option(flag, storage.back(), help)->expected(3);
+}
+
+void log_figure_of_merit(const scaffold::Config& config, const scaffold::TrainingResult& result) {
+  spdlog::info(
+      "figure of merit depends on: problem_scale={} target_dice={} n_categories={} n_instances_used_per_fractal={} "
+      "unet_bottleneck_dim={} optimizer={} starting_learning_rate={} min_learning_rate={} T_0={} T_mult={} "
+      "disable_scheduler={} local_batch_size={} seed={}",
+      config.problem_scale, config.target_dice, config.n_categories, config.n_instances_used_per_fractal,
+      config.unet_bottleneck_dim, config.optimizer, config.starting_learning_rate, config.min_learning_rate,
+      config.T_0, config.T_mult, config.disable_scheduler ? 1 : 0, config.local_batch_size, config.seed);
+  if (result.converged) {
+    spdlog::info("FOM: trained to validation Dice >= {} in {:.2f} s ({} epochs, {} optimizer steps, final Dice {:.4f})",
+                 config.target_dice, result.figure_of_merit_s, result.epochs, result.total_optimizer_steps,
+                 result.final_val_dice);
+  } else {
+    spdlog::warn("not converged: completed {} epochs in {:.2f} s ({} optimizer steps) with validation Dice {:.4f} < {}",
+                 result.epochs, result.figure_of_merit_s, result.total_optimizer_steps, result.final_val_dice,
+                 config.target_dice);
+  }
+}
+
+nlohmann::json result_json(const scaffold::Config& config, const scaffold::DatasetInfo& dataset,
+                           const scaffold::TrainingResult& result) {
+  nlohmann::json json;
+  json["figure_of_merit_s"] = result.figure_of_merit_s;
+  json["converged"] = result.converged;
+  json["target_dice"] = config.target_dice;
+  json["final_val_dice"] = result.final_val_dice;
+  json["epochs"] = result.epochs;
+  json["total_optimizer_steps"] = result.total_optimizer_steps;
+  json["median_minibatch_s"] = result.median_minibatch_s;
+  json["train_samples_per_s"] = result.train_samples_per_s;
+  json["parameter_count"] = result.parameter_count;
+  json["problem_scale"] = config.problem_scale;
+  json["vol_size"] = config.vol_size();
+  json["unet_layers"] = config.unet_layers();
+  json["n_categories"] = config.n_categories;
+  json["local_batch_size"] = config.local_batch_size;
+  json["world_size"] = 1;
+  json["compute_threads"] = result.compute_threads;
+  json["dataset_dir"] = dataset.dir.string();
+  json["config_id"] = dataset.config_id;
+  json["host"] = host_name();
+  json["scaffold_version"] = scaffold::kVersion;
+  json["scaffold_commit"] = scaffold::kGitCommit;
+  json["libtorch_version"] = TORCH_VERSION;
+  json["device"] = "cpu";
+  return json;
+}
+
+int run_generate(const std::vector<std::string>& config_files, const scaffold::ConfigOverrides& overrides,
+                 int batch_size) {
+  std::vector<fs::path> files(config_files.begin(), config_files.end());
+  const scaffold::Config config = scaffold::load_config(files, overrides);
+  scaffold::generate_fractal_library(config, batch_size);
+  return 0;
+}
+
+int run_benchmark(const std::vector<std::string>& config_files, const scaffold::ConfigOverrides& overrides,
+                  const std::vector<std::string>& argv, bool restart, const std::string& run_dir_arg) {
+  if (restart && run_dir_arg.empty()) {
+    throw scaffold::ConfigError("--restart needs --run-dir DIR naming the run directory to resume");
+  }
+  if (!run_dir_arg.empty()) {
+    throw scaffold::ConfigError(fmt::format(
+        "resuming a run (--run-dir {}) is not available in this version; start a new run without --restart/--run-dir",
+        run_dir_arg));
+  }
+
+  std::vector<fs::path> files(config_files.begin(), config_files.end());
+  const scaffold::Config config = scaffold::load_config(files, overrides);
+  spdlog::info("scaffold {} ({}), LibTorch {}, host {}", scaffold::kVersion, scaffold::kGitCommit, TORCH_VERSION,
+               host_name());
+  spdlog::info("problem_scale={} vol_size={} unet_layers={} n_categories={} point_num={}", config.problem_scale,
+               config.vol_size(), config.unet_layers(), config.n_categories, config.point_num());
+
+  // The dataset first (built when missing), then the run directory.
+  const scaffold::DatasetInfo dataset = scaffold::ensure_dataset(config);
+  const fs::path run_dir = scaffold::create_run_dir(config);
+  spdlog::info("run directory: {}", run_dir.string());
+  scaffold::write_file_atomic(run_dir / "config.yaml", scaffold::to_yaml(config));
+  for (const fs::path& file : files) {
+    scaffold::write_file_atomic(run_dir / file.filename(), scaffold::read_file(file));
+  }
+  std::string overrides_text;
+  for (const auto& [key, value] : overrides.values) {
+    overrides_text += fmt::format("{}: {}\n", key, value);
+  }
+  scaffold::write_file_atomic(run_dir / "overrides.yaml", overrides_text.empty() ? "{}\n" : overrides_text);
+  scaffold::write_restart_script(run_dir, argv);
+
+  const scaffold::TrainingResult result = scaffold::train_unet(config, dataset, run_dir);
+  scaffold::write_file_atomic(run_dir / "result.json", result_json(config, dataset, result).dump(2) + "\n");
+  log_figure_of_merit(config, result);
+  spdlog::info("results in {}", run_dir.string());
+  return result.converged || config.epochs != -1 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"scaffold: the Scale-free Fractal benchmark (3D fractal segmentation with a U-Net)"};
+  app.require_subcommand(1);
+  int verbose = 0;
+  bool quiet = false;
+  app.add_flag("-v,--verbose", verbose, "Debug logging");
+  app.add_flag("-q,--quiet", quiet, "Only warnings, errors and the result");
+
+  // generate_fractals
+  CLI::App* generate = app.add_subcommand("generate_fractals", "Search fractal classes and write their instances");
+  std::vector<std::string> generate_configs;
+  int datagen_batch_size = 10000;
+  generate->add_option("-c,--config", generate_configs, "YAML config file(s), merged in order")->required();
+  generate->add_option("--datagen-batch-size", datagen_batch_size, "Candidate IFS attempts per search round")
+      ->check(CLI::PositiveNumber);
+  std::vector<OverrideOption> generate_overrides;
+  generate_overrides.reserve(8);
+  add_override(*generate, generate_overrides, "--problem-scale", "problem_scale", "Volume edge is 2^scale voxels");
+  add_override(*generate, generate_overrides, "--n-categories", "n_categories", "Number of fractal classes");
+  add_override(*generate, generate_overrides, "--fract-base-dir", "fract_base_dir", "Root of the fractal library");
+  add_override(*generate, generate_overrides, "--seed", "seed", "Random seed");
+
+  // benchmark
+  CLI::App* benchmark = app.add_subcommand("benchmark", "Train the U-Net until the validation Dice target");
+  std::vector<std::string> benchmark_configs;
+  bool restart = false;
+  std::string run_dir;
+  benchmark->add_option("-c,--config", benchmark_configs, "YAML config file(s); later files override earlier ones")
+      ->required();
+  benchmark->add_flag("--restart", restart, "Resume the run in --run-dir from its last checkpoint");
+  benchmark->add_option("--run-dir", run_dir, "Existing run directory to resume");
+  std::vector<OverrideOption> benchmark_overrides;
+  benchmark_overrides.reserve(32);
+  std::vector<std::vector<int>> list_storage;
+  list_storage.reserve(4);
+  add_override(*benchmark, benchmark_overrides, "--base-run-dir", "base_run_dir", "Parent of new run directories");
+  add_override(*benchmark, benchmark_overrides, "--job-name", "job_name", "Prefix of the run directory name");
+  add_override(*benchmark, benchmark_overrides, "--dataset-dir", "dataset_dir", "Root of the dataset cache");
+  add_override(*benchmark, benchmark_overrides, "--fract-base-dir", "fract_base_dir", "Root of the fractal library");
+  add_override(*benchmark, benchmark_overrides, "--n-categories", "n_categories", "Number of fractal classes");
+  add_override(*benchmark, benchmark_overrides, "--n-instances-used-per-fractal", "n_instances_used_per_fractal",
+               "Instances used per class");
+  add_override(*benchmark, benchmark_overrides, "--problem-scale", "problem_scale", "Volume edge is 2^scale voxels");
+  add_override(*benchmark, benchmark_overrides, "--unet-bottleneck-dim", "unet_bottleneck_dim",
+               "log2 of the bottleneck edge");
+  add_override(*benchmark, benchmark_overrides, "--seed", "seed", "Random seed");
+  add_override(*benchmark, benchmark_overrides, "--local-batch-size,--batch-size", "local_batch_size",
+               "Samples per optimizer step per process");
+  add_override(*benchmark, benchmark_overrides, "--warmup-batches", "warmup_batches",
+               "Untimed warmup batches before training");
+  add_override(*benchmark, benchmark_overrides, "--group-norm-groups", "group_norm_groups", "GroupNorm groups");
+  add_override(*benchmark, benchmark_overrides, "--dataloader-num-workers", "dataloader_num_workers",
+               "Background reader threads (0: read in the training thread)");
+  add_override(*benchmark, benchmark_overrides, "--optimizer", "optimizer", "ADAM or RMSProp");
+  add_override(*benchmark, benchmark_overrides, "--epochs", "epochs", "Epoch cap (-1: none)");
+  add_override(*benchmark, benchmark_overrides, "--starting-learning-rate", "starting_learning_rate",
+               "Initial learning rate");
+  add_override(*benchmark, benchmark_overrides, "--min-learning-rate", "min_learning_rate",
+               "Minimum learning rate of the cosine schedule");
+  add_override(*benchmark, benchmark_overrides, "--T-0", "T_0", "Epochs in the first cosine cycle");
+  add_override(*benchmark, benchmark_overrides, "--T-mult", "T_mult", "Cosine cycle growth factor");
+  add_override(*benchmark, benchmark_overrides, "--target-dice", "target_dice", "Validation Dice to reach");
+  add_override(*benchmark, benchmark_overrides, "--checkpoint-interval", "checkpoint_interval",
+               "Checkpoint every N epochs (-1: never)");
+  std::vector<OverrideOption> shard_overrides;
+  shard_overrides.reserve(2);
+  add_list_override(*benchmark, shard_overrides, list_storage, "--dc-num-shards", "dc_num_shards",
+                    "Spatial shards per dimension (three integers)");
+  add_list_override(*benchmark, shard_overrides, list_storage, "--dc-shard-dims", "dc_shard_dims",
+                    "Tensor dimensions to shard (three integers)");
+
+  CLI11_PARSE(app, argc, argv);
+
+  const scaffold::Verbosity verbosity =
+      quiet ? scaffold::Verbosity::kQuiet : (verbose > 0 ? scaffold::Verbosity::kDebug : scaffold::Verbosity::kNormal);
+  scaffold::setup_logging(verbosity, 0);
+
+  try {
+    if (generate->parsed()) {
+      return run_generate(generate_configs, collect_overrides(generate_overrides), datagen_batch_size);
+    }
+
+    scaffold::ConfigOverrides overrides = collect_overrides(benchmark_overrides);
+    for (std::size_t i = 0; i < shard_overrides.size(); ++i) {
+      if (!list_storage[i].empty()) {
+        overrides.values[shard_overrides[i].key] =
+            fmt::format("[{}, {}, {}]", list_storage[i][0], list_storage[i][1], list_storage[i][2]);
+      }
+    }
+    const std::vector<std::string> args(argv, argv + argc);
+    return run_benchmark(benchmark_configs, overrides, args, restart, run_dir);
+  } catch (const scaffold::ConfigError& error) {
+    spdlog::error("invalid configuration: {}", error.what());
+    return 2;
+  } catch (const std::exception& error) {
+    spdlog::error("{}", error.what());
+    return 1;
+  }
+}
