@@ -111,6 +111,16 @@ nlohmann::json result_json(const scaffold::Config& config, const scaffold::Datas
   json["scaffold_commit"] = scaffold::kGitCommit;
   json["libtorch_version"] = TORCH_VERSION;
   json["device"] = "cpu";
+  nlohmann::json epochs = nlohmann::json::array();
+  for (const scaffold::EpochStats& row : result.history) {
+    epochs.push_back({{"epoch", row.epoch},
+                      {"learning_rate", row.learning_rate},
+                      {"overall_loss", row.overall_loss},
+                      {"val_loss_avg", row.val_loss_avg},
+                      {"val_dice", row.val_dice},
+                      {"epoch_duration", row.epoch_duration}});
+  }
+  json["per_epoch"] = epochs;
   return json;
 }
 

@@ -23,6 +23,9 @@ struct EpochStats {
   double epoch_duration = 0;   // seconds from epoch start to after validation and scheduler step
   std::int64_t optimizer_steps = 0;
   std::int64_t total_optimizer_steps = 0;
+
+  // Not a train_stats.csv column: the learning rate used during the epoch.
+  double learning_rate = 0;
 };
 
 inline constexpr const char* kTrainStatsHeader =

@@ -10,6 +10,7 @@
 
 #include "core/logging.hpp"
 #include "nn/unet.hpp"
+#include "report/run_figures.hpp"
 #include "train/checkpoint.hpp"
 #include "train/data_loader.hpp"
 #include "train/loss.hpp"
@@ -78,6 +79,16 @@ void check_finite(double value, const char* what, int epoch) {
         "{} is not finite ({}) in epoch {}; training diverged. Lower starting_learning_rate or check the dataset",
         what, value, epoch));
   }
+}
+
+// Rewrites the run's figures from the epochs so far; cheap enough for every epoch.
+void write_figures(const Config& config, const fs::path& run_dir, const std::vector<EpochStats>& history) {
+  std::vector<EpochFigureRow> rows;
+  for (const EpochStats& stats : history) {
+    rows.push_back({stats.epoch, stats.overall_loss, stats.val_loss_avg, stats.val_dice, stats.learning_rate,
+                    stats.epoch_duration});
+  }
+  write_run_figures(run_dir, rows, {config.vol_size(), config.n_categories, config.unet_layers(), config.target_dice});
 }
 
 struct StepOutput {
@@ -224,7 +235,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
 
   auto optimizer = make_optimizer(config.optimizer, model->parameters(), config.starting_learning_rate);
   LrScheduler scheduler(config.starting_learning_rate, config.min_learning_rate, config.T_0, config.T_mult,
-                        config.disable_scheduler);
+                        !config.disable_scheduler);
 
   const fs::path stats_path = run_dir / "train_stats.csv";
   CheckpointWriter checkpoints(config, run_dir);
@@ -248,6 +259,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     model->train();
     EpochStats stats;
     stats.epoch = epoch;
+    stats.learning_rate = lr;
     double soft_dice_sum = 0.0;
     int train_samples = 0;
     std::vector<double> step_times;
@@ -289,6 +301,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     // Record the epoch (outside the timed interval, as the reference does).
     result.history.push_back(stats);
     write_train_stats(stats_path, result.history);
+    write_figures(config, run_dir, result.history);
     const double epoch_median = median(step_times);
     epoch_medians.push_back(epoch_median);
     spdlog::info(
