@@ -1,0 +1,656 @@
+#include "nn/onednn_conv.hpp"
+
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <torch/autograd.h>
+#include <torch/nn/init.h>
+
+namespace scaffold {
+
+namespace {
+
+using dnnl::memory;
+using Tag = dnnl::memory::format_tag;
+using DataType = dnnl::memory::data_type;
+
+enum class ConvKind : std::int64_t { convolution = 0, transposed = 1 };
+
+// Everything that selects a oneDNN primitive. Dims are oneDNN's logical
+// order: src and dst [N, C, D, H, W], weights [Cout, Cin, k, k, k] for both
+// kinds (the transposed kind maps LibTorch's [Cin, Cout, ...] memory onto it
+// with the iodhw tag).
+struct ConvShape {
+  ConvKind kind;
+  memory::dims src_dims;
+  memory::dims weights_dims;
+  memory::dims dst_dims;
+  std::int64_t stride;
+  std::int64_t padding;
+  bool has_bias;
+
+  bool operator==(const ConvShape&) const = default;
+};
+
+struct ConvShapeHash {
+  std::size_t operator()(const ConvShape& shape) const {
+    std::size_t seed = std::hash<std::int64_t>{}(static_cast<std::int64_t>(shape.kind));
+    const auto mix = [&seed](std::int64_t value) {
+      seed ^= std::hash<std::int64_t>{}(value) + 0x9e3779b97f4a7c15ULL + (seed << 6) + (seed >> 2);
+    };
+    for (const auto* dims : {&shape.src_dims, &shape.weights_dims, &shape.dst_dims}) {
+      for (const auto value : *dims) {
+        mix(value);
+      }
+    }
+    mix(shape.stride);
+    mix(shape.padding);
+    mix(shape.has_bias ? 1 : 0);
+    return seed;
+  }
+};
+
+const char* kind_name(ConvKind kind) {
+  return kind == ConvKind::convolution ? "conv3d" : "conv_transpose3d";
+}
+
+std::string describe(const ConvShape& shape) {
+  return fmt::format("{} with input [{}], weight (oneDNN order [Cout, Cin, kD, kH, kW]) [{}], output [{}], "
+                     "stride {}, padding {}, bias {}",
+                     kind_name(shape.kind), fmt::join(shape.src_dims, ", "),
+                     fmt::join(shape.weights_dims, ", "), fmt::join(shape.dst_dims, ", "), shape.stride,
+                     shape.padding, shape.has_bias ? "yes" : "no");
+}
+
+// Rethrows a oneDNN error as std::runtime_error naming the call, the shapes
+// and a way forward.
+[[noreturn]] void throw_onednn_error(const char* call, const dnnl::error& error, const ConvShape& shape) {
+  const dnnl_version_t* version = dnnl_version();
+  throw std::runtime_error(fmt::format(
+      "oneDNN {} failed ({}: {}) for {}. oneDNN {}.{}.{} may not implement this case on this CPU, so run "
+      "this layer through LibTorch's own convolution instead",
+      call, dnnl_status2str(error.status), error.what(), describe(shape), version->major, version->minor,
+      version->patch));
+}
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// oneDNN CPU streams are cheap but not meant to be shared between threads
+// that execute at the same time, so each thread gets its own.
+dnnl::stream& thread_stream() {
+  thread_local dnnl::stream stream(cpu_engine());
+  return stream;
+}
+
+// One primitive with the memory descriptors it was created for. For backward
+// passes src_md is diff_src (backward data) and weights_md is diff_weights
+// (backward weights), dst_md is diff_dst, so one runner serves all three.
+struct ConvPass {
+  dnnl::primitive primitive;
+  memory::desc src_md;
+  memory::desc weights_md;
+  memory::desc dst_md;
+  memory::desc scratchpad_md;
+};
+
+struct ConvPrimitives {
+  ConvPass forward;
+  ConvPass backward_data;
+  ConvPass backward_weights;
+};
+
+// Creates the forward, backward-data and backward-weights primitives of one
+// shape. Fwd, BwdData and BwdWeights are the convolution_* or the
+// deconvolution_* family, whose descriptors take the same arguments.
+template <class Fwd, class BwdData, class BwdWeights>
+ConvPrimitives create_primitives(const ConvShape& shape, dnnl::algorithm algorithm) {
+  dnnl::engine& engine = cpu_engine();
+
+  // format_tag::any lets each primitive pick its preferred layout, usually
+  // channel-blocked, and the runner reorders plain tensors into it.
+  const memory::desc src_md(shape.src_dims, DataType::f32, Tag::any);
+  const memory::desc weights_md(shape.weights_dims, DataType::f32, Tag::any);
+  const memory::desc dst_md(shape.dst_dims, DataType::f32, Tag::any);
+  const memory::desc bias_md = shape.has_bias ? memory::desc({shape.weights_dims[0]}, DataType::f32, Tag::a)
+                                              : memory::desc();
+  const memory::dims strides(3, shape.stride);
+  const memory::dims padding(3, shape.padding);
+
+  // A user scratchpad, allocated per call, keeps concurrent calls of one
+  // cached primitive from sharing oneDNN's internal scratch buffer.
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+
+  ConvPrimitives primitives;
+  const char* call = "forward primitive creation";
+  try {
+    const typename Fwd::desc fwd_desc(dnnl::prop_kind::forward_training, algorithm, src_md, weights_md,
+                                      bias_md, dst_md, strides, padding, padding);
+    const typename Fwd::primitive_desc fwd_pd(fwd_desc, attr, engine);
+    primitives.forward = {Fwd(fwd_pd), fwd_pd.src_desc(), fwd_pd.weights_desc(), fwd_pd.dst_desc(),
+                          fwd_pd.scratchpad_desc()};
+
+    call = "backward-data primitive creation";
+    const typename BwdData::desc bwd_data_desc(algorithm, src_md, weights_md, dst_md, strides, padding,
+                                               padding);
+    const typename BwdData::primitive_desc bwd_data_pd(bwd_data_desc, attr, engine, fwd_pd);
+    primitives.backward_data = {BwdData(bwd_data_pd), bwd_data_pd.diff_src_desc(),
+                                bwd_data_pd.weights_desc(), bwd_data_pd.diff_dst_desc(),
+                                bwd_data_pd.scratchpad_desc()};
+
+    call = "backward-weights primitive creation";
+    const typename BwdWeights::desc bwd_weights_desc(algorithm, src_md, weights_md, bias_md, dst_md, strides,
+                                                     padding, padding);
+    const typename BwdWeights::primitive_desc bwd_weights_pd(bwd_weights_desc, attr, engine, fwd_pd);
+    primitives.backward_weights = {BwdWeights(bwd_weights_pd), bwd_weights_pd.src_desc(),
+                                   bwd_weights_pd.diff_weights_desc(), bwd_weights_pd.diff_dst_desc(),
+                                   bwd_weights_pd.scratchpad_desc()};
+  } catch (const dnnl::error& error) {
+    throw_onednn_error(call, error, shape);
+  }
+  return primitives;
+}
+
+class PrimitiveCache {
+ public:
+  std::shared_ptr<const ConvPrimitives> get(const ConvShape& shape) {
+    // Creation runs under the lock: it happens once per shape, and a second
+    // thread asking for the same shape must wait for it anyway.
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto found = entries_.find(shape);
+    if (found != entries_.end()) {
+      return found->second;
+    }
+
+    auto primitives =
+        shape.kind == ConvKind::convolution
+            ? create_primitives<dnnl::convolution_forward, dnnl::convolution_backward_data,
+                                dnnl::convolution_backward_weights>(shape, dnnl::algorithm::convolution_direct)
+            : create_primitives<dnnl::deconvolution_forward, dnnl::deconvolution_backward_data,
+                                dnnl::deconvolution_backward_weights>(shape,
+                                                                      dnnl::algorithm::deconvolution_direct);
+    auto entry = std::make_shared<const ConvPrimitives>(std::move(primitives));
+    entries_.emplace(shape, entry);
+    return entry;
+  }
+
+  std::size_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return entries_.size();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<ConvShape, std::shared_ptr<const ConvPrimitives>, ConvShapeHash> entries_;
+};
+
+PrimitiveCache& primitive_cache() {
+  static PrimitiveCache cache;
+  return cache;
+}
+
+// Plain layouts of LibTorch tensors in oneDNN terms.
+memory::desc plain_activation_md(const memory::dims& dims) {
+  return memory::desc(dims, DataType::f32, Tag::ncdhw);
+}
+
+memory::desc plain_weights_md(const ConvShape& shape) {
+  // LibTorch stores conv weights as [Cout, Cin, ...] and transposed-conv
+  // weights as [Cin, Cout, ...], while oneDNN's logical order is always
+  // [Cout, Cin, ...].
+  const Tag tag = shape.kind == ConvKind::convolution ? Tag::oidhw : Tag::iodhw;
+  return memory::desc(shape.weights_dims, DataType::f32, tag);
+}
+
+memory::desc plain_bias_md(const ConvShape& shape) {
+  return memory::desc({shape.weights_dims[0]}, DataType::f32, Tag::a);
+}
+
+// Collects the arguments of one primitive execution. Inputs whose plain
+// layout differs from the primitive's are reordered into a oneDNN-allocated
+// buffer before the call, and outputs are reordered back into the LibTorch
+// tensor after it.
+class PassRunner {
+ public:
+  PassRunner(const ConvPass& pass, const ConvShape& shape, const char* pass_name)
+      : pass_(pass), shape_(shape), pass_name_(pass_name), stream_(thread_stream()) {}
+
+  void add_input(int arg, const torch::Tensor& tensor, const memory::desc& plain_md,
+                 const memory::desc& primitive_md) {
+    try {
+      memory user_memory(plain_md, cpu_engine(), tensor.data_ptr());
+      if (plain_md == primitive_md) {
+        args_.emplace(arg, user_memory);
+        return;
+      }
+      memory blocked_memory(primitive_md, cpu_engine());
+      reorder(user_memory, blocked_memory);
+      args_.emplace(arg, blocked_memory);
+    } catch (const dnnl::error& error) {
+      throw_onednn_error("input memory creation", error, shape_);
+    }
+  }
+
+  void add_output(int arg, const torch::Tensor& tensor, const memory::desc& plain_md,
+                  const memory::desc& primitive_md) {
+    try {
+      memory user_memory(plain_md, cpu_engine(), tensor.data_ptr());
+      if (plain_md == primitive_md) {
+        args_.emplace(arg, user_memory);
+        return;
+      }
+      memory blocked_memory(primitive_md, cpu_engine());
+      args_.emplace(arg, blocked_memory);
+      copy_back_.emplace_back(blocked_memory, user_memory);
+    } catch (const dnnl::error& error) {
+      throw_onednn_error("output memory creation", error, shape_);
+    }
+  }
+
+  void run() {
+    try {
+      memory scratchpad(pass_.scratchpad_md, cpu_engine());
+      args_.emplace(DNNL_ARG_SCRATCHPAD, scratchpad);
+      pass_.primitive.execute(stream_, args_);
+      for (auto& [blocked_memory, user_memory] : copy_back_) {
+        reorder(blocked_memory, user_memory);
+      }
+      stream_.wait();
+    } catch (const dnnl::error& error) {
+      throw_onednn_error(pass_name_, error, shape_);
+    }
+  }
+
+ private:
+  void reorder(memory& from, memory& to) {
+    try {
+      dnnl::reorder(from, to).execute(stream_, from, to);
+    } catch (const dnnl::error& error) {
+      throw_onednn_error("reorder between plain and blocked layout", error, shape_);
+    }
+  }
+
+  const ConvPass& pass_;
+  const ConvShape& shape_;
+  const char* pass_name_;
+  dnnl::stream& stream_;
+  std::unordered_map<int, memory> args_;
+  std::vector<std::pair<memory, memory>> copy_back_;
+};
+
+torch::Tensor run_forward(const ConvShape& shape, const torch::Tensor& input, const torch::Tensor& weight,
+                          const torch::Tensor& bias) {
+  const auto primitives = primitive_cache().get(shape);
+  const ConvPass& pass = primitives->forward;
+  torch::Tensor output = torch::empty(shape.dst_dims, input.options());
+
+  PassRunner runner(pass, shape, "forward execution");
+  runner.add_input(DNNL_ARG_SRC, input, plain_activation_md(shape.src_dims), pass.src_md);
+  runner.add_input(DNNL_ARG_WEIGHTS, weight, plain_weights_md(shape), pass.weights_md);
+  if (shape.has_bias) {
+    runner.add_input(DNNL_ARG_BIAS, bias, plain_bias_md(shape), plain_bias_md(shape));
+  }
+  runner.add_output(DNNL_ARG_DST, output, plain_activation_md(shape.dst_dims), pass.dst_md);
+  runner.run();
+  return output;
+}
+
+torch::Tensor run_backward_data(const ConvShape& shape, const torch::Tensor& grad_output,
+                                const torch::Tensor& weight) {
+  const auto primitives = primitive_cache().get(shape);
+  const ConvPass& pass = primitives->backward_data;
+  torch::Tensor grad_input = torch::empty(shape.src_dims, grad_output.options());
+
+  PassRunner runner(pass, shape, "backward-data execution");
+  runner.add_input(DNNL_ARG_DIFF_DST, grad_output, plain_activation_md(shape.dst_dims), pass.dst_md);
+  runner.add_input(DNNL_ARG_WEIGHTS, weight, plain_weights_md(shape), pass.weights_md);
+  runner.add_output(DNNL_ARG_DIFF_SRC, grad_input, plain_activation_md(shape.src_dims), pass.src_md);
+  runner.run();
+  return grad_input;
+}
+
+// Returns (grad_weight, grad_bias), where grad_bias is undefined without a bias.
+std::pair<torch::Tensor, torch::Tensor> run_backward_weights(const ConvShape& shape,
+                                                             const torch::Tensor& grad_output,
+                                                             const torch::Tensor& input,
+                                                             const torch::Tensor& weight) {
+  const auto primitives = primitive_cache().get(shape);
+  const ConvPass& pass = primitives->backward_weights;
+  torch::Tensor grad_weight = torch::empty(weight.sizes(), weight.options());
+  torch::Tensor grad_bias;
+
+  PassRunner runner(pass, shape, "backward-weights execution");
+  runner.add_input(DNNL_ARG_SRC, input, plain_activation_md(shape.src_dims), pass.src_md);
+  runner.add_input(DNNL_ARG_DIFF_DST, grad_output, plain_activation_md(shape.dst_dims), pass.dst_md);
+  runner.add_output(DNNL_ARG_DIFF_WEIGHTS, grad_weight, plain_weights_md(shape), pass.weights_md);
+  if (shape.has_bias) {
+    grad_bias = torch::empty({shape.weights_dims[0]}, weight.options());
+    runner.add_output(DNNL_ARG_DIFF_BIAS, grad_bias, plain_bias_md(shape), plain_bias_md(shape));
+  }
+  runner.run();
+  return {grad_weight, grad_bias};
+}
+
+std::string shape_string(const torch::Tensor& tensor) {
+  return fmt::format("[{}]", fmt::join(tensor.sizes(), ", "));
+}
+
+// Checks what oneDNN's f32 CPU primitives can take: a defined, strided,
+// float32 CPU tensor of the expected rank.
+void check_tensor(const char* function, const char* name, const torch::Tensor& tensor, std::int64_t dims) {
+  if (!tensor.defined()) {
+    throw std::invalid_argument(fmt::format("{}: {} is an undefined tensor", function, name));
+  }
+  if (tensor.device().type() != torch::kCPU) {
+    throw std::invalid_argument(fmt::format(
+        "{}: {} is on device {}, but the oneDNN path runs on CPU only, so use LibTorch's own "
+        "convolution for other devices",
+        function, name, tensor.device().str()));
+  }
+  if (tensor.scalar_type() != torch::kFloat32) {
+    throw std::invalid_argument(fmt::format(
+        "{}: {} has dtype {}, but the oneDNN path supports float32 only, so convert with .to(torch::kFloat32)",
+        function, name, c10::toString(tensor.scalar_type())));
+  }
+  if (tensor.layout() != torch::kStrided) {
+    throw std::invalid_argument(fmt::format("{}: {} must be a dense (strided) tensor, got layout {}",
+                                            function, name, c10::str(tensor.layout())));
+  }
+  if (tensor.dim() != dims) {
+    throw std::invalid_argument(fmt::format("{}: {} must have {} dimensions, got shape {}", function, name,
+                                            dims, shape_string(tensor)));
+  }
+}
+
+void check_bias(const char* function, const c10::optional<torch::Tensor>& bias, std::int64_t out_channels) {
+  if (!bias.has_value() || !bias->defined()) {
+    return;
+  }
+  check_tensor(function, "bias", *bias, 1);
+  if (bias->size(0) != out_channels) {
+    throw std::invalid_argument(fmt::format("{}: bias has shape {} but the layer has {} output channels",
+                                            function, shape_string(*bias), out_channels));
+  }
+}
+
+bool has_bias(const c10::optional<torch::Tensor>& bias) { return bias.has_value() && bias->defined(); }
+
+ConvShape conv_shape(const torch::Tensor& input, const torch::Tensor& weight, bool with_bias,
+                     std::int64_t padding) {
+  const std::int64_t kernel = weight.size(2);
+  memory::dims dst_dims{input.size(0), weight.size(0)};
+  for (int dim = 2; dim < 5; ++dim) {
+    dst_dims.push_back(input.size(dim) + 2 * padding - kernel + 1);
+  }
+  return {ConvKind::convolution, input.sizes().vec(), weight.sizes().vec(), dst_dims, 1, padding, with_bias};
+}
+
+ConvShape transposed_shape(const torch::Tensor& input, const torch::Tensor& weight, bool with_bias) {
+  // LibTorch's [Cin, Cout, 2, 2, 2] is oneDNN's logical [Cout, Cin, 2, 2, 2].
+  const memory::dims weights_dims{weight.size(1), weight.size(0), 2, 2, 2};
+  const memory::dims dst_dims{input.size(0), weight.size(1), 2 * input.size(2), 2 * input.size(3),
+                              2 * input.size(4)};
+  return {ConvKind::transposed, input.sizes().vec(), weights_dims, dst_dims, 2, 0, with_bias};
+}
+
+ConvShape shape_of(ConvKind kind, const torch::Tensor& input, const torch::Tensor& weight, bool with_bias,
+                   std::int64_t padding) {
+  return kind == ConvKind::convolution ? conv_shape(input, weight, with_bias, padding)
+                                       : transposed_shape(input, weight, with_bias);
+}
+
+// Autograd function over both kinds: inputs (input, weight, optional bias,
+// kind, padding), all tensors already checked and contiguous. The bias is an
+// optional because LibTorch 1.13's Function::apply rejects undefined tensors.
+class OnednnConvFunction : public torch::autograd::Function<OnednnConvFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
+                               const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
+                               std::int64_t kind, std::int64_t padding) {
+    const bool with_bias = has_bias(bias);
+    const ConvShape shape = shape_of(static_cast<ConvKind>(kind), input, weight, with_bias, padding);
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["has_bias"] = with_bias;
+    return run_forward(shape, input, weight, with_bias ? *bias : torch::Tensor());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto kind = static_cast<ConvKind>(ctx->saved_data["kind"].toInt());
+
+    // The oneDNN passes record nothing on the autograd tape, so a graph of
+    // this backward pass would silently miss their dependence on the inputs.
+    if (at::GradMode::is_enabled()) {
+      throw std::runtime_error(fmt::format(
+          "onednn_{}: double backward is not supported, so call backward() without create_graph or use "
+          "torch::{} for this layer",
+          kind_name(kind), kind_name(kind)));
+    }
+
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& input = saved[0];
+    const torch::Tensor& weight = saved[1];
+    const bool with_bias = ctx->saved_data["has_bias"].toBool();
+    const ConvShape shape = shape_of(kind, input, weight, with_bias, ctx->saved_data["padding"].toInt());
+
+    // grad_output: [N, Cout, D', H', W'], possibly a broadcast view.
+    const torch::Tensor grad_output = grad_outputs[0].contiguous();
+
+    torch::Tensor grad_input;
+    if (ctx->needs_input_grad(0)) {
+      grad_input = run_backward_data(shape, grad_output, weight);
+    }
+
+    torch::Tensor grad_weight;
+    torch::Tensor grad_bias;
+    const bool needs_weight_grad = ctx->needs_input_grad(1);
+    const bool needs_bias_grad = with_bias && ctx->needs_input_grad(2);
+    if (needs_weight_grad || needs_bias_grad) {
+      std::tie(grad_weight, grad_bias) = run_backward_weights(shape, grad_output, input, weight);
+    }
+    if (!needs_weight_grad) {
+      grad_weight = torch::Tensor();
+    }
+    if (!needs_bias_grad) {
+      grad_bias = torch::Tensor();
+    }
+    return {grad_input, grad_weight, grad_bias, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+c10::optional<torch::Tensor> contiguous_bias(const c10::optional<torch::Tensor>& bias) {
+  return has_bias(bias) ? c10::optional<torch::Tensor>(bias->contiguous()) : c10::nullopt;
+}
+
+}  // namespace
+
+torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& weight,
+                            const c10::optional<torch::Tensor>& bias, std::int64_t padding) {
+  constexpr const char* kFunction = "onednn_conv3d";
+  check_tensor(kFunction, "input", input, 5);
+  check_tensor(kFunction, "weight", weight, 5);
+  check_bias(kFunction, bias, weight.size(0));
+
+  // weight: [Cout, Cin, k, k, k]
+  const std::int64_t kernel = weight.size(2);
+  if (weight.size(3) != kernel || weight.size(4) != kernel || kernel < 1) {
+    throw std::invalid_argument(fmt::format(
+        "{}: weight has shape {}, but only cubic kernels [Cout, Cin, k, k, k] are supported", kFunction,
+        shape_string(weight)));
+  }
+  if (weight.size(1) != input.size(1)) {
+    throw std::invalid_argument(fmt::format(
+        "{}: input has {} channels (shape {}) but weight expects {} (shape {} is [Cout, Cin, k, k, k])",
+        kFunction, input.size(1), shape_string(input), weight.size(1), shape_string(weight)));
+  }
+  if (padding < 0) {
+    throw std::invalid_argument(fmt::format("{}: padding must be non-negative, got {}", kFunction, padding));
+  }
+  if (input.numel() == 0 || weight.numel() == 0) {
+    throw std::invalid_argument(fmt::format("{}: empty tensor: input {}, weight {}", kFunction,
+                                            shape_string(input), shape_string(weight)));
+  }
+  for (int dim = 2; dim < 5; ++dim) {
+    if (input.size(dim) + 2 * padding < kernel) {
+      throw std::invalid_argument(fmt::format(
+          "{}: input spatial size {} with padding {} is smaller than the kernel size {}", kFunction,
+          shape_string(input), padding, kernel));
+    }
+  }
+
+  return OnednnConvFunction::apply(input.contiguous(), weight.contiguous(), contiguous_bias(bias),
+                                   static_cast<std::int64_t>(ConvKind::convolution), padding);
+}
+
+torch::Tensor onednn_conv_transpose3d(const torch::Tensor& input, const torch::Tensor& weight,
+                                      const c10::optional<torch::Tensor>& bias) {
+  constexpr const char* kFunction = "onednn_conv_transpose3d";
+  check_tensor(kFunction, "input", input, 5);
+  check_tensor(kFunction, "weight", weight, 5);
+  check_bias(kFunction, bias, weight.size(1));
+
+  // weight: [Cin, Cout, 2, 2, 2]
+  if (weight.size(2) != 2 || weight.size(3) != 2 || weight.size(4) != 2) {
+    throw std::invalid_argument(fmt::format(
+        "{}: weight has shape {}, but only kernel 2 with stride 2 ([Cin, Cout, 2, 2, 2]) is supported",
+        kFunction, shape_string(weight)));
+  }
+  if (weight.size(0) != input.size(1)) {
+    throw std::invalid_argument(fmt::format(
+        "{}: input has {} channels (shape {}) but weight expects {} (shape {} is [Cin, Cout, 2, 2, 2])",
+        kFunction, input.size(1), shape_string(input), weight.size(0), shape_string(weight)));
+  }
+  if (input.numel() == 0 || weight.numel() == 0) {
+    throw std::invalid_argument(fmt::format("{}: empty tensor: input {}, weight {}", kFunction,
+                                            shape_string(input), shape_string(weight)));
+  }
+
+  return OnednnConvFunction::apply(input.contiguous(), weight.contiguous(), contiguous_bias(bias),
+                                   static_cast<std::int64_t>(ConvKind::transposed), std::int64_t{0});
+}
+
+std::size_t onednn_conv_cache_size() { return primitive_cache().size(); }
+
+namespace {
+
+void check_channels(const char* module, std::int64_t in_channels, std::int64_t out_channels) {
+  if (in_channels < 1 || out_channels < 1) {
+    throw std::invalid_argument(fmt::format("{}: channel counts must be at least 1, got in_channels={} "
+                                            "out_channels={}",
+                                            module, in_channels, out_channels));
+  }
+}
+
+// Same draws as LibTorch's ConvNdImpl::reset_parameters (1.13):
+// kaiming_uniform_(weight, a = sqrt(5)), then bias uniform in +-1/sqrt(fan_in).
+void reset_conv_parameters(torch::Tensor& weight, torch::Tensor& bias) {
+  torch::NoGradGuard no_grad;
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (bias.defined()) {
+    const auto [fan_in, fan_out] = torch::nn::init::_calculate_fan_in_and_fan_out(weight);
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    torch::nn::init::uniform_(bias, -bound, bound);
+  }
+}
+
+}  // namespace
+
+OnednnConv3dImpl::OnednnConv3dImpl(std::int64_t in_channels, std::int64_t out_channels,
+                                   std::int64_t kernel_size, std::int64_t padding, bool bias)
+    : in_channels_(in_channels), out_channels_(out_channels), kernel_size_(kernel_size), padding_(padding) {
+  check_channels("OnednnConv3d", in_channels, out_channels);
+  if (kernel_size < 1 || padding < 0) {
+    throw std::invalid_argument(fmt::format(
+        "OnednnConv3d: kernel_size must be at least 1 and padding non-negative, got kernel_size={} "
+        "padding={}",
+        kernel_size, padding));
+  }
+
+  // Registered like torch::nn::Conv3d: an absent bias is an undefined
+  // parameter, which named_parameters() and state dicts skip.
+  weight = register_parameter("weight",
+                              torch::empty({out_channels, in_channels, kernel_size, kernel_size, kernel_size}));
+  if (bias) {
+    this->bias = register_parameter("bias", torch::empty({out_channels}));
+  } else {
+    register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
+  }
+  reset_parameters();
+}
+
+torch::Tensor OnednnConv3dImpl::forward(const torch::Tensor& x) {
+  return onednn_conv3d(x, weight, bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt,
+                       padding_);
+}
+
+void OnednnConv3dImpl::reset_parameters() { reset_conv_parameters(weight, bias); }
+
+void OnednnConv3dImpl::pretty_print(std::ostream& stream) const {
+  stream << "scaffold::OnednnConv3d(" << in_channels_ << ", " << out_channels_
+         << ", kernel_size=" << kernel_size_ << ", padding=" << padding_
+         << ", bias=" << (bias.defined() ? "true" : "false") << ")";
+}
+
+OnednnConvTranspose3dImpl::OnednnConvTranspose3dImpl(std::int64_t in_channels, std::int64_t out_channels,
+                                                     bool bias)
+    : in_channels_(in_channels), out_channels_(out_channels) {
+  check_channels("OnednnConvTranspose3d", in_channels, out_channels);
+  weight = register_parameter("weight", torch::empty({in_channels, out_channels, 2, 2, 2}));
+  if (bias) {
+    this->bias = register_parameter("bias", torch::empty({out_channels}));
+  } else {
+    register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
+  }
+  reset_parameters();
+}
+
+torch::Tensor OnednnConvTranspose3dImpl::forward(const torch::Tensor& x) {
+  return onednn_conv_transpose3d(x, weight,
+                                 bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt);
+}
+
+void OnednnConvTranspose3dImpl::reset_parameters() { reset_conv_parameters(weight, bias); }
+
+void OnednnConvTranspose3dImpl::pretty_print(std::ostream& stream) const {
+  stream << "scaffold::OnednnConvTranspose3d(" << in_channels_ << ", " << out_channels_
+         << ", kernel_size=2, stride=2, bias=" << (bias.defined() ? "true" : "false") << ")";
+}
+
+torch::nn::AnyModule make_conv3d(std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel_size,
+                                 std::int64_t padding, bool bias, ConvBackend backend) {
+  if (backend == ConvBackend::onednn) {
+    return torch::nn::AnyModule(OnednnConv3d(in_channels, out_channels, kernel_size, padding, bias));
+  }
+  return torch::nn::AnyModule(torch::nn::Conv3d(
+      torch::nn::Conv3dOptions(in_channels, out_channels, kernel_size).padding(padding).bias(bias)));
+}
+
+torch::nn::AnyModule make_conv_transpose3d(std::int64_t in_channels, std::int64_t out_channels, bool bias,
+                                           ConvBackend backend) {
+  if (backend == ConvBackend::onednn) {
+    return torch::nn::AnyModule(OnednnConvTranspose3d(in_channels, out_channels, bias));
+  }
+  return torch::nn::AnyModule(torch::nn::ConvTranspose3d(
+      torch::nn::ConvTranspose3dOptions(in_channels, out_channels, 2).stride(2).bias(bias)));
+}
+
+}  // namespace scaffold

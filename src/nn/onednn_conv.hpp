@@ -1,0 +1,133 @@
+// 3D convolution and 2x2x2 transposed convolution on CPU through oneDNN, as
+// LibTorch autograd functions and drop-in modules.
+//
+// LibTorch 1.13 sends batch-1 conv3d with N*C*D*H <= 20480 to an im2col + BLAS
+// path that reaches a few percent of the CPU's FMA peak. These functions call
+// oneDNN's convolution and deconvolution primitives directly instead. Tensors
+// stay in LibTorch's plain layouts ([N, C, D, H, W] activations, [O, I, kD, kH, kW]
+// convolution weights, [I, O, kD, kH, kW] transposed-convolution weights) and are
+// reordered to the blocked layouts the primitives choose only inside the call.
+//
+// Supported: float32 CPU tensors, stride 1 convolutions with any cubic kernel
+// and symmetric padding, and transposed convolutions with kernel 2 and stride 2.
+// Gradients flow to input, weight and bias. Double backward is not supported:
+// a backward pass run with create_graph=true throws std::runtime_error.
+#pragma once
+
+#include <cstdint>
+
+#include <c10/util/Optional.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+namespace scaffold {
+
+// Computes the stride-1 3D convolution of input with weight, like
+// torch::conv3d(input, weight, bias, 1, padding).
+//
+// input:  [N, Cin, D, H, W] float32 on CPU
+// weight: [Cout, Cin, k, k, k]
+// bias:   [Cout] or none
+// return: [N, Cout, D + 2p - k + 1, H + 2p - k + 1, W + 2p - k + 1]
+//
+// Non-contiguous tensors are copied to contiguous ones first, as torch::conv3d
+// does. Throws std::invalid_argument for another dtype, device, rank or shape
+// mismatch, and std::runtime_error when a oneDNN call fails.
+torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& weight,
+                            const c10::optional<torch::Tensor>& bias, std::int64_t padding);
+
+// Computes the 3D transposed convolution with kernel 2 and stride 2, like
+// torch::conv_transpose3d(input, weight, bias, 2).
+//
+// input:  [N, Cin, D, H, W] float32 on CPU
+// weight: [Cin, Cout, 2, 2, 2] (LibTorch's ConvTranspose3d layout)
+// bias:   [Cout] or none
+// return: [N, Cout, 2D, 2H, 2W]
+//
+// Same contiguity rule and errors as onednn_conv3d.
+torch::Tensor onednn_conv_transpose3d(const torch::Tensor& input, const torch::Tensor& weight,
+                                      const c10::optional<torch::Tensor>& bias);
+
+// Returns the number of shapes whose oneDNN primitives are cached. Each
+// distinct (operation, input shape, weight shape, padding, bias) adds one entry.
+std::size_t onednn_conv_cache_size();
+
+// Conv3d module on oneDNN with the parameters of torch::nn::Conv3d (stride 1,
+// no groups or dilation): "weight" [Cout, Cin, k, k, k] and, when bias is set,
+// "bias" [Cout]. Initialisation draws from the global generator in the same
+// order and with the same bounds as torch::nn::Conv3d, so both modules built
+// after the same torch::manual_seed hold equal parameters and their state
+// dicts are interchangeable.
+class OnednnConv3dImpl : public torch::nn::Module {
+ public:
+  // Throws std::invalid_argument when a channel count or the kernel size is
+  // below 1 or the padding is negative.
+  OnednnConv3dImpl(std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel_size,
+                   std::int64_t padding, bool bias);
+
+  // x: [N, in_channels, D, H, W] -> [N, out_channels, D + 2p - k + 1, ...]
+  torch::Tensor forward(const torch::Tensor& x);
+
+  // Draws new weights (kaiming_uniform with a = sqrt(5)) and bias
+  // (uniform in +-1/sqrt(fan_in)), as torch::nn::Conv3d does.
+  void reset_parameters();
+
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::Tensor weight;
+  torch::Tensor bias;
+
+ private:
+  std::int64_t in_channels_;
+  std::int64_t out_channels_;
+  std::int64_t kernel_size_;
+  std::int64_t padding_;
+};
+TORCH_MODULE(OnednnConv3d);
+
+// ConvTranspose3d module with kernel 2 and stride 2 on oneDNN, with the
+// parameters of torch::nn::ConvTranspose3d: "weight" [Cin, Cout, 2, 2, 2] and,
+// when bias is set, "bias" [Cout]. Initialisation matches
+// torch::nn::ConvTranspose3d in draw order and bounds, whose fan_in is taken
+// from weight dimension 1 (Cout * 8), as LibTorch does.
+class OnednnConvTranspose3dImpl : public torch::nn::Module {
+ public:
+  // Throws std::invalid_argument when a channel count is below 1.
+  OnednnConvTranspose3dImpl(std::int64_t in_channels, std::int64_t out_channels, bool bias);
+
+  // x: [N, in_channels, D, H, W] -> [N, out_channels, 2D, 2H, 2W]
+  torch::Tensor forward(const torch::Tensor& x);
+
+  void reset_parameters();
+
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::Tensor weight;
+  torch::Tensor bias;
+
+ private:
+  std::int64_t in_channels_;
+  std::int64_t out_channels_;
+};
+TORCH_MODULE(OnednnConvTranspose3d);
+
+// Implementation behind the convolution modules built by make_conv3d and
+// make_conv_transpose3d.
+enum class ConvBackend {
+  libtorch,  // torch::nn::Conv3d / ConvTranspose3d, LibTorch's own kernels
+  onednn,    // OnednnConv3d / OnednnConvTranspose3d
+};
+
+// Builds a stride-1 Conv3d with a cubic kernel on the chosen backend. Both
+// modules hold the same parameter names, shapes and initial values for the
+// same seed, so a model can switch backends without changing its state dict.
+torch::nn::AnyModule make_conv3d(std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel_size,
+                                 std::int64_t padding, bool bias, ConvBackend backend);
+
+// Builds a ConvTranspose3d with kernel 2 and stride 2 on the chosen backend.
+torch::nn::AnyModule make_conv_transpose3d(std::int64_t in_channels, std::int64_t out_channels, bool bias,
+                                           ConvBackend backend);
+
+}  // namespace scaffold
