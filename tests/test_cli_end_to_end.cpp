@@ -169,8 +169,8 @@ TEST(EndToEnd, TinyProblemReachesDiceTarget) {
   const fs::path dataset_root = dir.path() / "datasets";
   std::size_t datasets = 0;
   for (const auto& id_dir : fs::directory_iterator(dataset_root)) {
-    for ([[maybe_unused]] const auto& entry : fs::directory_iterator(id_dir.path())) {
-      ++datasets;
+    for (const auto& entry : fs::directory_iterator(id_dir.path())) {
+      datasets += entry.path().filename().string().front() != '.';  // skips the .lock file
     }
   }
   EXPECT_EQ(datasets, 1u);
@@ -208,4 +208,51 @@ TEST(EndToEnd, MissingConfigFileIsNamed) {
   const CommandResult result = run_in(dir.path(), scaffold_command("generate_fractals -c nowhere.yml"));
   EXPECT_NE(result.exit_code, 0);
   EXPECT_NE(result.output.find("nowhere.yml"), std::string::npos) << result.output;
+}
+
+TEST(EndToEnd, ValSplitZeroIsRejectedBeforeGeneration) {
+  TempDir dir("valsplit");
+  scaffold::write_file_atomic(dir.path() / "cfg.yml", std::string_view("problem_scale: 4\nval_split: 0\n"));
+  const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c cfg.yml"));
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("val_split = 0"), std::string::npos) << result.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "datasets"));
+  EXPECT_FALSE(fs::exists(dir.path() / "benchmark_runs"));
+}
+
+TEST(EndToEnd, InputNamedConfigYamlKeepsMergedConfig) {
+  // An input file named config.yaml must not replace the run's merged config.
+  TempDir dir("inputname");
+  scaffold::write_file_atomic(dir.path() / "config.yaml",
+                              std::string_view("problem_scale: 4\nn_categories: 1\nn_instances_used_per_fractal: 30\n"
+                                               "unet_bottleneck_dim: 3\nwarmup_batches: 0\n"));
+  const CommandResult result =
+      run_in(dir.path(), scaffold_command("benchmark -c config.yaml --seed 3 --epochs 1 --base-run-dir runs"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const fs::path run_dir = only_run_dir(dir.path() / "runs");
+  const std::string merged = scaffold::read_file(run_dir / "config.yaml");
+  EXPECT_NE(merged.find("seed: 3"), std::string::npos) << merged;
+  EXPECT_NE(merged.find("epochs: 1"), std::string::npos) << merged;
+  EXPECT_EQ(scaffold::read_file(run_dir / "input1_config.yaml"), scaffold::read_file(dir.path() / "config.yaml"));
+}
+
+TEST(EndToEnd, BatchLargerThanSplitIsRejected) {
+  TempDir dir("batch");
+  scaffold::write_file_atomic(dir.path() / "cfg.yml",
+                              std::string_view("problem_scale: 4\nn_categories: 1\nn_instances_used_per_fractal: 12\n"));
+  // 4 volumes: 3 for training and 1 for validation.
+  const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --local-batch-size 2"));
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("local_batch_size = 2"), std::string::npos) << result.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "datasets"));
+}
+
+TEST(EndToEnd, UnusableBaseRunDirIsNamedBeforeGeneration) {
+  TempDir dir("basedir");
+  scaffold::write_file_atomic(dir.path() / "cfg.yml", std::string_view("problem_scale: 4\n"));
+  scaffold::write_file_atomic(dir.path() / "plainfile", std::string_view("x"));
+  const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --base-run-dir plainfile/runs"));
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("base_run_dir"), std::string::npos) << result.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "datasets"));
 }

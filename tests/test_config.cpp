@@ -829,3 +829,22 @@ TEST(FormatThreshold, MatchesPythonStr) {
 
 }  // namespace
 }  // namespace scaffold
+
+TEST(ConfigValidation, JobNameMustBeAFileName) {
+  using scaffold::Config;
+  using scaffold::ConfigError;
+  using scaffold::validate;
+  for (const char* name : {"", "a/b", "../escaped", ".", ".."}) {
+    Config config;
+    config.job_name = name;
+    try {
+      validate(config);
+      ADD_FAILURE() << "job_name '" << name << "' was accepted";
+    } catch (const ConfigError& error) {
+      EXPECT_NE(std::string(error.what()).find("job_name"), std::string::npos) << error.what();
+    }
+  }
+  Config valid;
+  valid.job_name = "scale7-run_2";
+  EXPECT_NO_THROW(validate(valid));
+}

@@ -2,6 +2,8 @@
 // colours, rendered volumes and masks, config id, reuse and sample checks.
 #include <gtest/gtest.h>
 #include <omp.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,8 +13,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -722,6 +726,143 @@ TEST_F(DatasetTest, LoadSampleRejectsLabelOutOfRange) {
   std::vector<std::int16_t> signed_labels(4096, 0);
   write_npy(mask, DType::kInt16, {16, 16, 16}, signed_labels.data());
   EXPECT_THROW(load_sample(info, Split::kTraining, v), NpyError);
+}
+
+// Captures the default logger's output while the object lives.
+class LogCapture {
+ public:
+  LogCapture() : previous_(spdlog::default_logger()) {
+    auto logger = std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_));
+    logger->set_level(spdlog::level::info);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+
+  std::string text() const { return stream_.str(); }
+
+ private:
+  std::shared_ptr<spdlog::logger> previous_;
+  std::ostringstream stream_;
+};
+
+// `text` with its first occurrence of `from` replaced by `to`.
+std::string replace_once(std::string text, const std::string& from, const std::string& to) {
+  const std::size_t start = text.find(from);
+  EXPECT_NE(start, std::string::npos) << "'" << from << "' not found";
+  if (start != std::string::npos) text.replace(start, from.size(), to);
+  return text;
+}
+
+// One way to damage a finished dataset: the file it damages and the text the warning must contain.
+struct Damage {
+  std::string name;
+  std::function<fs::path(const DatasetInfo&)> apply;
+  std::string defect;
+};
+
+std::vector<Damage> damages() {
+  const auto first_volume = [](const DatasetInfo& info) { return volume_path(info, Split::kTraining, info.train_ids[0]); };
+  const auto first_mask = [](const DatasetInfo& info) { return mask_path(info, Split::kValidation, info.val_ids[0]); };
+  const auto rewrite = [](const fs::path& path, const std::string& from, const std::string& to) {
+    write_file_atomic(path, replace_once(read_file(path), from, to));
+    return path;
+  };
+  return {
+      {"empty meta.yaml",
+       [](const DatasetInfo& info) {
+         write_file_atomic(info.dir / "meta.yaml", std::string_view());
+         return info.dir / "meta.yaml";
+       },
+       "is not a YAML mapping"},
+      {"corrupt meta.yaml",
+       [](const DatasetInfo& info) {
+         write_file_atomic(info.dir / "meta.yaml", std::string_view("config_id: [\"unclosed\n\x01\x02"));
+         return info.dir / "meta.yaml";
+       },
+       "cannot parse"},
+      {"meta.yaml without config_id",
+       [=](const DatasetInfo& info) { return rewrite(info.dir / "meta.yaml", "config_id:", "other_key:"); },
+       "has no key 'config_id'"},
+      {"missing volume",
+       [=](const DatasetInfo& info) {
+         fs::remove(first_volume(info));
+         return first_volume(info);
+       },
+       "No such file or directory"},
+      {"volume with bad magic", [=](const DatasetInfo& info) { return rewrite(first_volume(info), "NUMPY", "NUMPX"); },
+       "missing the \\x93NUMPY magic string"},
+      {"volume in Fortran order", [=](const DatasetInfo& info) { return rewrite(first_volume(info), "False", "True "); },
+       "array is in Fortran order"},
+      {"volume header lies about size",
+       [=](const DatasetInfo& info) { return rewrite(first_volume(info), "(3, 16, 16, 16)", "(3, 16, 16, 17)"); },
+       "file truncated"},
+      {"truncated mask",
+       [=](const DatasetInfo& info) {
+         const std::string bytes = read_file(first_mask(info));
+         write_file_atomic(first_mask(info), std::string_view(bytes).substr(0, bytes.size() - 100));
+         return first_mask(info);
+       },
+       "file truncated"},
+      {"mask labelled int16", [=](const DatasetInfo& info) { return rewrite(first_mask(info), "<u2", "<i2"); },
+       "dtype is <i2, expected <u2"},
+      {"edited volumes_contents.csv",
+       [=](const DatasetInfo& info) { return rewrite(info.dir / "volumes_contents.csv", "0,", "9,"); },
+       "does not list the volumes that this config defines"},
+  };
+}
+
+TEST_F(DatasetTest, BrokenCachedDatasetRegeneratedWithWarning) {
+  const Config base = tiny_config(root_);
+  write_hand_made_library(base);
+
+  for (const Damage& damage : damages()) {
+    SCOPED_TRACE(damage.name);
+    Config config = base;
+    config.dataset_dir = (root_ / "datasets" / damage.name).string();
+    const DatasetInfo first = ensure_dataset(config);
+    std::map<std::string, std::string> expected = read_tree(first.dir);
+    expected.erase("meta.yaml");
+    const fs::path damaged = damage.apply(first);
+
+    const LogCapture log;
+    const DatasetInfo rebuilt = ensure_dataset(config);
+    EXPECT_NE(rebuilt.dir, first.dir);
+    const std::string warning = "[warning] not reusing dataset " + first.dir.string() + ", which will be regenerated: ";
+    const std::size_t line = log.text().find(warning);
+    ASSERT_NE(line, std::string::npos) << log.text();
+    const std::string rest = log.text().substr(line, log.text().find('\n', line) - line);
+    EXPECT_NE(rest.find(damaged.string()), std::string::npos) << "the warning does not name " << damaged << ": " << rest;
+    EXPECT_NE(rest.find(damage.defect), std::string::npos) << rest;
+
+    std::map<std::string, std::string> files = read_tree(rebuilt.dir);
+    files.erase("meta.yaml");
+    EXPECT_TRUE(files == expected) << "the regenerated dataset differs from the first build";
+  }
+}
+
+TEST_F(DatasetTest, OpenRejectsHostileMetaAndMissingVolume) {
+  const Config config = tiny_config(root_);
+  write_hand_made_library(config);
+
+  // An explicitly opened dataset is not regenerated: each defect is one error naming the file.
+  for (const Damage& damage : damages()) {
+    if (damage.name.find("meta.yaml") == std::string::npos && damage.name != "missing volume") continue;
+    SCOPED_TRACE(damage.name);
+    Config own = config;
+    own.dataset_dir = (root_ / "datasets" / damage.name).string();
+    const DatasetInfo info = ensure_dataset(own);
+    const fs::path damaged = damage.apply(info);
+    try {
+      open_dataset(info.dir);
+      ADD_FAILURE() << "opened a dataset with " << damage.name;
+    } catch (const DatasetError& error) {
+      const std::string what = error.what();
+      EXPECT_NE(what.find(damaged.string()), std::string::npos) << what;
+      EXPECT_NE(what.find("run the benchmark again"), std::string::npos) << what;
+    }
+  }
 }
 
 TEST_F(DatasetTest, GeneratesFractalLibraryWhenMissing) {

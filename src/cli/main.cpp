@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -15,10 +16,13 @@
 
 #include "core/atomic_file.hpp"
 #include "core/config.hpp"
+#include "core/file_lock.hpp"
 #include "core/logging.hpp"
+#include "core/stop_signal.hpp"
 #include "dataset/dataset.hpp"
 #include "fractal/library.hpp"
 #include "scaffold/version.hpp"
+#include "train/checkpoint.hpp"
 #include "train/run_files.hpp"
 #include "train/trainer.hpp"
 
@@ -132,40 +136,115 @@ int run_generate(const std::vector<std::string>& config_files, const scaffold::C
   return 0;
 }
 
-int run_benchmark(const std::vector<std::string>& config_files, const scaffold::ConfigOverrides& overrides,
-                  const std::vector<std::string>& argv, bool restart, const std::string& run_dir_arg) {
-  if (restart && run_dir_arg.empty()) {
-    throw scaffold::ConfigError("--restart needs --run-dir DIR naming the run directory to resume");
-  }
-  if (!run_dir_arg.empty()) {
-    throw scaffold::ConfigError(fmt::format(
-        "resuming a run (--run-dir {}) is not available in this version; start a new run without --restart/--run-dir",
-        run_dir_arg));
-  }
+fs::path executable_path(const char* argv0) {
+  std::error_code error;
+  const fs::path self = fs::read_symlink("/proc/self/exe", error);
+  return error ? fs::absolute(argv0) : self;
+}
 
-  std::vector<fs::path> files(config_files.begin(), config_files.end());
-  const scaffold::Config config = scaffold::load_config(files, overrides);
-  spdlog::info("scaffold {} ({}), LibTorch {}, host {}", scaffold::kVersion, scaffold::kGitCommit, TORCH_VERSION,
-               host_name());
-  spdlog::info("problem_scale={} vol_size={} unet_layers={} n_categories={} point_num={}", config.problem_scale,
-               config.vol_size(), config.unet_layers(), config.n_categories, config.point_num());
-
-  // The dataset first (built when missing), then the run directory.
-  const scaffold::DatasetInfo dataset = scaffold::ensure_dataset(config);
-  const fs::path run_dir = scaffold::create_run_dir(config);
-  spdlog::info("run directory: {}", run_dir.string());
+// Writes the files that describe a new run: the merged config, copies of the
+// input files, the overrides and restart.sh.
+void write_run_description(const fs::path& run_dir, const scaffold::Config& config, const std::vector<fs::path>& files,
+                           const scaffold::ConfigOverrides& overrides, const fs::path& executable) {
   scaffold::write_file_atomic(run_dir / "config.yaml", scaffold::to_yaml(config));
-  for (const fs::path& file : files) {
-    scaffold::write_file_atomic(run_dir / file.filename(), scaffold::read_file(file));
+
+  // Copies of the input files under their own names, unless a name is taken by
+  // a run file or an earlier input: then "input<N>_<name>".
+  std::set<std::string> taken = {"config.yaml", "overrides.yaml", "restart.sh", "train_stats.csv", "result.json"};
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    std::string name = files[i].filename().string();
+    if (taken.count(name) != 0) {
+      name = fmt::format("input{}_{}", i + 1, name);
+    }
+    taken.insert(name);
+    scaffold::write_file_atomic(run_dir / name, scaffold::read_file(files[i]));
   }
   std::string overrides_text;
   for (const auto& [key, value] : overrides.values) {
     overrides_text += fmt::format("{}: {}\n", key, value);
   }
   scaffold::write_file_atomic(run_dir / "overrides.yaml", overrides_text.empty() ? "{}\n" : overrides_text);
-  scaffold::write_restart_script(run_dir, argv);
+  scaffold::write_restart_script(run_dir, executable);
+}
 
-  const scaffold::TrainingResult result = scaffold::train_unet(config, dataset, run_dir);
+int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigOverrides& overrides,
+                  const fs::path& executable, bool restart, const std::string& run_dir_arg) {
+  // --run-dir resumes that run (with or without --restart); --restart alone has nothing to resume.
+  if (restart && run_dir_arg.empty()) {
+    throw scaffold::ConfigError("--restart needs --run-dir DIR naming the run directory to resume");
+  }
+  const bool resume = !run_dir_arg.empty();
+  fs::path run_dir;
+  if (resume) {
+    run_dir = fs::absolute(run_dir_arg);
+    if (!fs::is_directory(run_dir)) {
+      throw scaffold::ConfigError(fmt::format("--run-dir {}: no such run directory", run_dir.string()));
+    }
+    if (config_files.empty()) {
+      config_files.push_back((run_dir / "config.yaml").string());
+    }
+  } else if (config_files.empty()) {
+    throw scaffold::ConfigError("no config file: give one or more with -c FILE, or --run-dir DIR to resume a run");
+  }
+
+  std::vector<fs::path> files(config_files.begin(), config_files.end());
+  scaffold::Config config = scaffold::load_config(files, overrides);
+  const scaffold::VolumeCounts counts = scaffold::volume_counts(config);
+  if (counts.validation == 0) {
+    throw scaffold::ConfigError(fmt::format(
+        "val_split = {} leaves no validation volume, so the Dice target can never be checked; the benchmark needs "
+        "val_split > 0 (the reference default is 30)",
+        config.val_split));
+  }
+  if (config.local_batch_size > counts.train || config.local_batch_size > counts.validation) {
+    throw scaffold::ConfigError(fmt::format(
+        "local_batch_size = {} is invalid for this dataset: it must not exceed the {} training or the {} validation "
+        "volumes; lower it or add volumes (n_categories, n_instances_used_per_fractal)",
+        config.local_batch_size, counts.train, counts.validation));
+  }
+  if (resume && config.checkpoint_interval <= 0) {
+    // Resuming only makes sense with checkpoints; keep writing them from here on.
+    config.checkpoint_interval = 1;
+  }
+  if (resume && !scaffold::has_checkpoint(run_dir / config.checkpoint_dir)) {
+    throw scaffold::ConfigError(fmt::format(
+        "cannot resume {}: it holds no checkpoint in {}/ (checkpoint_interval was -1, or the run stopped before its "
+        "first checkpoint); start a new run without --run-dir",
+        run_dir.string(), config.checkpoint_dir));
+  }
+  spdlog::info("scaffold {} ({}), LibTorch {}, host {}", scaffold::kVersion, scaffold::kGitCommit, TORCH_VERSION,
+               host_name());
+  spdlog::info("problem_scale={} vol_size={} unet_layers={} n_categories={} point_num={}", config.problem_scale,
+               config.vol_size(), config.unet_layers(), config.n_categories, config.point_num());
+
+  // The run directory first, so a bad base_run_dir fails before any data is
+  // generated; then the dataset (built when missing).
+  if (!resume) {
+    try {
+      run_dir = scaffold::create_run_dir(config);
+    } catch (const scaffold::IoError& error) {
+      throw scaffold::ConfigError(fmt::format("base_run_dir = '{}' is unusable: {}; choose a writable directory",
+                                              config.base_run_dir, error.what()));
+    }
+    write_run_description(run_dir, config, files, overrides, executable);
+  }
+  spdlog::info("run directory: {}", run_dir.string());
+
+  // One process at a time per run directory: a second resume waits here.
+  const scaffold::FileLock run_lock(run_dir / ".lock", "training in this run directory");
+  const scaffold::DatasetInfo dataset = scaffold::ensure_dataset(config);
+
+  scaffold::TrainingResult result;
+  try {
+    result = scaffold::train_unet(config, dataset, run_dir, resume);
+  } catch (const scaffold::StopRequested& stop) {
+    spdlog::warn("stopped by {}; the last checkpoint is intact. Resume with: {}", scaffold::stop_signal_name(stop.signal_number),
+                 (run_dir / "restart.sh").string());
+    if (config.checkpoint_interval <= 0) {
+      spdlog::warn("checkpoint_interval is -1, so this run wrote no checkpoint and cannot be resumed");
+    }
+    return 128 + stop.signal_number;
+  }
   scaffold::write_file_atomic(run_dir / "result.json", result_json(config, dataset, result).dump(2) + "\n");
   log_figure_of_merit(config, result);
   spdlog::info("results in {}", run_dir.string());
@@ -196,13 +275,26 @@ int main(int argc, char** argv) {
   add_override(*generate, generate_overrides, "--fract-base-dir", "fract_base_dir", "Root of the fractal library");
   add_override(*generate, generate_overrides, "--seed", "seed", "Random seed");
 
+  // generate_dataset
+  CLI::App* generate_dataset =
+      app.add_subcommand("generate_dataset", "Build the dataset (and the fractal library it needs) without training");
+  std::vector<std::string> dataset_configs;
+  generate_dataset->add_option("-c,--config", dataset_configs, "YAML config file(s), merged in order")->required();
+  std::vector<OverrideOption> dataset_overrides;
+  dataset_overrides.reserve(8);
+  add_override(*generate_dataset, dataset_overrides, "--problem-scale", "problem_scale", "Volume edge is 2^scale voxels");
+  add_override(*generate_dataset, dataset_overrides, "--n-categories", "n_categories", "Number of fractal classes");
+  add_override(*generate_dataset, dataset_overrides, "--dataset-dir", "dataset_dir", "Root of the dataset cache");
+  add_override(*generate_dataset, dataset_overrides, "--fract-base-dir", "fract_base_dir", "Root of the fractal library");
+  add_override(*generate_dataset, dataset_overrides, "--seed", "seed", "Random seed");
+
   // benchmark
   CLI::App* benchmark = app.add_subcommand("benchmark", "Train the U-Net until the validation Dice target");
   std::vector<std::string> benchmark_configs;
   bool restart = false;
   std::string run_dir;
-  benchmark->add_option("-c,--config", benchmark_configs, "YAML config file(s); later files override earlier ones")
-      ->required();
+  benchmark->add_option("-c,--config", benchmark_configs,
+                        "YAML config file(s); later files override earlier ones (default with --run-dir: its config.yaml)");
   benchmark->add_flag("--restart", restart, "Resume the run in --run-dir from its last checkpoint");
   benchmark->add_option("--run-dir", run_dir, "Existing run directory to resume");
   std::vector<OverrideOption> benchmark_overrides;
@@ -250,10 +342,18 @@ int main(int argc, char** argv) {
   const scaffold::Verbosity verbosity =
       quiet ? scaffold::Verbosity::kQuiet : (verbose > 0 ? scaffold::Verbosity::kDebug : scaffold::Verbosity::kNormal);
   scaffold::setup_logging(verbosity, 0);
+  scaffold::install_stop_handlers();
 
   try {
     if (generate->parsed()) {
       return run_generate(generate_configs, collect_overrides(generate_overrides), datagen_batch_size);
+    }
+    if (generate_dataset->parsed()) {
+      const std::vector<fs::path> files(dataset_configs.begin(), dataset_configs.end());
+      const scaffold::DatasetInfo dataset =
+          scaffold::ensure_dataset(scaffold::load_config(files, collect_overrides(dataset_overrides)));
+      spdlog::info("dataset ready: {}", dataset.dir.string());
+      return 0;
     }
 
     scaffold::ConfigOverrides overrides = collect_overrides(benchmark_overrides);
@@ -263,8 +363,7 @@ int main(int argc, char** argv) {
             fmt::format("[{}, {}, {}]", list_storage[i][0], list_storage[i][1], list_storage[i][2]);
       }
     }
-    const std::vector<std::string> args(argv, argv + argc);
-    return run_benchmark(benchmark_configs, overrides, args, restart, run_dir);
+    return run_benchmark(benchmark_configs, overrides, executable_path(argv[0]), restart, run_dir);
   } catch (const scaffold::ConfigError& error) {
     spdlog::error("invalid configuration: {}", error.what());
     return 2;

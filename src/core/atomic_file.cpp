@@ -5,7 +5,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "core/fault_injection.hpp"
+#include "core/file_lock.hpp"
 
 namespace scaffold {
 
@@ -57,7 +63,8 @@ std::filesystem::path temporary_path_for(const std::filesystem::path& path) {
   return path.parent_path() / name;
 }
 
-void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes,
+                       std::span<const char* const> write_faults) {
   const std::filesystem::path temporary = temporary_path_for(path);
 
   const int fd = ::open(temporary.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
@@ -70,19 +77,63 @@ void write_file_atomic(const std::filesystem::path& path, std::span<const std::b
     throw IoError(what_failed, path, errno_value);
   };
 
-  if (const int write_errno = write_all(fd, bytes.data(), bytes.size()); write_errno != 0) {
+  // The data goes out in two halves with the write fault points between them,
+  // so that a kill there leaves a partly written temporary file, as a crash would.
+  const std::size_t half = bytes.size() / 2;
+  if (const int write_errno = write_all(fd, bytes.data(), half); write_errno != 0) fail("write", write_errno, true);
+  int injected_errno = fault_point("atomic_write");
+  for (const char* name : write_faults) {
+    if (injected_errno == 0) injected_errno = fault_point(name);
+  }
+  if (injected_errno != 0) fail("write", injected_errno, true);
+  if (const int write_errno = write_all(fd, bytes.data() + half, bytes.size() - half); write_errno != 0) {
     fail("write", write_errno, true);
   }
+
   if (::fsync(fd) != 0) fail("fsync", errno, true);
   if (::close(fd) != 0) fail("close", errno, false);
+  if (const int rename_errno = fault_point("atomic_rename"); rename_errno != 0) fail("rename", rename_errno, false);
   if (::rename(temporary.c_str(), path.c_str()) != 0) fail("rename", errno, false);
 
   const std::filesystem::path directory = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
   fsync_directory(directory);
 }
 
-void write_file_atomic(const std::filesystem::path& path, std::string_view text) {
-  write_file_atomic(path, std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()));
+void write_file_atomic(const std::filesystem::path& path, std::string_view text,
+                       std::span<const char* const> write_faults) {
+  write_file_atomic(path, std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()),
+                    write_faults);
+}
+
+long temporary_file_owner(const std::string& file_name) {
+  // ".<name>.tmp<pid>": a leading dot, a non-empty name, then ".tmp" and digits.
+  const std::size_t marker = file_name.rfind(".tmp");
+  if (file_name.size() < 2 || file_name[0] != '.' || marker == std::string::npos || marker < 2) return -1;
+
+  long pid = 0;
+  const char* digits = file_name.data() + marker + 4;
+  const char* end = file_name.data() + file_name.size();
+  const auto [parsed_end, error] = std::from_chars(digits, end, pid);
+  if (digits == end || error != std::errc() || parsed_end != end || pid <= 0) return -1;
+  return pid;
+}
+
+int remove_orphaned_temporary_files(const std::filesystem::path& directory) {
+  std::error_code error;
+  std::filesystem::directory_iterator entries(directory, error);
+  if (error) return 0;
+
+  int removed = 0;
+  for (const std::filesystem::directory_entry& entry : entries) {
+    const long owner = temporary_file_owner(entry.path().filename().string());
+    if (owner < 0 || !entry.is_regular_file(error)) continue;
+    if (owner != static_cast<long>(::getpid()) && process_alive(owner)) continue;
+    if (std::filesystem::remove(entry.path(), error)) {
+      spdlog::info("removed {}, left by process {} that stopped while writing it", entry.path().string(), owner);
+      ++removed;
+    }
+  }
+  return removed;
 }
 
 std::string read_file(const std::filesystem::path& path) {

@@ -25,15 +25,31 @@ class IoError : public std::runtime_error {
 // Writes `bytes` to `path` through its temporary name, then fsyncs the file and
 // the directory. On failure the temporary file is removed and IoError is thrown,
 // leaving any previous file at `path` unchanged.
+// Fault points (core/fault_injection.hpp): "atomic_write", then each name in
+// `write_faults`, after half of the data is written; "atomic_rename" before the
+// rename. An errno injected there fails that write or rename.
 // NOTE: two threads of one process must not write the same path at once,
 // because they would share the temporary name.
-void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes);
-void write_file_atomic(const std::filesystem::path& path, std::string_view text);
+void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes,
+                       std::span<const char* const> write_faults = {});
+void write_file_atomic(const std::filesystem::path& path, std::string_view text,
+                       std::span<const char* const> write_faults = {});
 
 // Reads a whole file; throws IoError when it cannot be opened or read.
 std::string read_file(const std::filesystem::path& path);
 
 // Temporary name used for `path`: ".<name>.tmp<pid>" in the same directory.
 std::filesystem::path temporary_path_for(const std::filesystem::path& path);
+
+// The writer's process id in a temporary name made by temporary_path_for, or
+// -1 when `file_name` is not such a name.
+long temporary_file_owner(const std::string& file_name);
+
+// Removes the temporary files in `directory` (not its subdirectories) whose
+// writer is gone: its process id is not alive on this host, or it is this
+// process, which writes no file while it calls this. Returns the number removed.
+// Call it only while holding the lock that every writer of `directory` takes,
+// because a live writer on another host has a process id that means nothing here.
+int remove_orphaned_temporary_files(const std::filesystem::path& directory);
 
 }  // namespace scaffold

@@ -619,7 +619,7 @@ void validate_split(const Config& c) {
   if (c.val_split > 0 && counts.validation < 1) {
     reject("val_split",
            "val_split = {} is invalid: it gives no validation volume, because int({} * {} / 100) = 0 for the {}; "
-           "raise val_split, add volumes, or set val_split: 0 to train without validation",
+           "raise val_split or add volumes (n_categories, n_instances_used_per_fractal)",
            c.val_split, counts.total, c.val_split, dataset);
   }
 }
@@ -670,6 +670,10 @@ void validate_run(const Config& c) {
   }
   if (c.loss_freq < 1) reject("loss_freq", "loss_freq = {} is invalid: it must be at least 1", c.loss_freq);
 
+  if (c.job_name.empty() || c.job_name.find('/') != std::string::npos || c.job_name == "." || c.job_name == "..") {
+    reject("job_name", "job_name = '{}' is invalid: it names the run directory inside base_run_dir, so it must be "
+           "a non-empty file name without '/'", c.job_name);
+  }
   if (c.framework != "torch") {
     reject("framework", "framework = '{}' is invalid: it must be 'torch', the only supported framework",
            c.framework);

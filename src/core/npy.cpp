@@ -307,23 +307,24 @@ std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& 
 }
 
 void write_npy(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape,
-               const void* data) {
+               const void* data, const char* write_fault) {
   const std::vector<std::byte> image = encode_npy(dtype, shape, data);
-  write_file_atomic(path, std::span<const std::byte>(image));
+  const std::array<const char*, 2> faults = {"npy_write", write_fault};
+  write_file_atomic(path, std::span<const std::byte>(image),
+                    std::span<const char* const>(faults.data(), write_fault != nullptr ? 2 : 1));
 }
 
-NpyArray read_npy(const std::filesystem::path& path) {
-  const int raw_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (raw_fd < 0) throw IoError("open", path, errno);
-  const FileDescriptor fd(raw_fd);
+namespace {
 
+// Reads and checks the header of the open file `fd`; see read_npy_header.
+NpyHeader read_header(int fd, const std::filesystem::path& path) {
   struct stat info {};
-  if (::fstat(fd.get(), &info) != 0) throw IoError("fstat", path, errno);
+  if (::fstat(fd, &info) != 0) throw IoError("fstat", path, errno);
   const auto file_size = static_cast<std::uint64_t>(info.st_size);
 
   // Magic and version come first. The dictionary length after them is 2 bytes in version 1.0, 4 in 2.0 and 3.0.
   std::array<unsigned char, 12> prefix{};
-  if (!read_exact(fd.get(), path, prefix.data(), 8, 0)) {
+  if (!read_exact(fd, path, prefix.data(), 8, 0)) {
     fail(path, "file is " + std::to_string(file_size) + " bytes, shorter than the 8-byte magic and version");
   }
   if (std::memcmp(prefix.data(), kMagic, kMagicSize) != 0) fail(path, "missing the \\x93NUMPY magic string");
@@ -335,7 +336,7 @@ NpyArray read_npy(const std::filesystem::path& path) {
                    " (expected 1.0, 2.0 or 3.0)");
   }
   const std::size_t length_size = major == 1 ? 2 : 4;
-  if (!read_exact(fd.get(), path, prefix.data() + 8, length_size, 8)) fail(path, "file ends inside the header length");
+  if (!read_exact(fd, path, prefix.data() + 8, length_size, 8)) fail(path, "file ends inside the header length");
   const std::uint64_t dict_size = read_le(prefix.data() + 8, length_size);
   const std::uint64_t header_size = 8 + length_size + dict_size;
   if (header_size > file_size) {
@@ -344,32 +345,75 @@ NpyArray read_npy(const std::filesystem::path& path) {
   }
 
   std::string dict(dict_size, '\0');
-  if (!read_exact(fd.get(), path, dict.data(), dict_size, 8 + length_size)) fail(path, "file ends inside the header");
+  if (!read_exact(fd, path, dict.data(), dict_size, 8 + length_size)) fail(path, "file ends inside the header");
   const HeaderFields fields = HeaderParser(path, dict).parse();
 
-  NpyArray array;
+  NpyHeader header;
   const std::optional<DType> dtype = dtype_from_descr(*fields.descr);
   if (!dtype) {
     std::string hint = "expected one of <f4 <f8 <u2 <i2 <i8 |u1";
     if (!fields.descr->empty() && fields.descr->front() == '>') hint = "big-endian data is not supported, " + hint;
     fail(path, "unsupported dtype descriptor '" + *fields.descr + "' (" + hint + ")");
   }
-  array.dtype = *dtype;
+  header.dtype = *dtype;
   if (*fields.fortran_order) fail(path, "array is in Fortran order (fortran_order: True); only C order is supported");
-  array.shape = *fields.shape;
+  header.shape = *fields.shape;
 
-  const std::optional<std::uint64_t> data_bytes = byte_count(array.shape, dtype_size(array.dtype));
-  if (!data_bytes) fail(path, "shape " + shape_string(array.shape) + " is too large");
+  const std::optional<std::uint64_t> data_bytes = byte_count(header.shape, dtype_size(header.dtype));
+  if (!data_bytes) fail(path, "shape " + shape_string(header.shape) + " is too large");
   const std::uint64_t expected_size = header_size + *data_bytes;
   if (file_size != expected_size) {
     const char* defect = file_size < expected_size ? "truncated" : "has trailing data";
     fail(path, std::string("file ") + defect + ": " + std::to_string(file_size) + " bytes, but header " +
-                   std::to_string(header_size) + " + shape " + shape_string(array.shape) + " of " +
+                   std::to_string(header_size) + " + shape " + shape_string(header.shape) + " of " +
                    *fields.descr + " needs " + std::to_string(expected_size));
   }
 
-  array.data.resize(*data_bytes);
-  if (!read_exact(fd.get(), path, array.data.data(), *data_bytes, header_size)) {
+  header.data_offset = header_size;
+  return header;
+}
+
+void check_dtype_and_shape(const std::filesystem::path& path, const NpyHeader& header, DType dtype,
+                           const std::vector<std::int64_t>& shape) {
+  if (header.dtype != dtype) {
+    fail(path, std::string("dtype is ") + dtype_descr(header.dtype) + ", expected " + dtype_descr(dtype));
+  }
+  bool shape_matches = header.shape.size() == shape.size();
+  for (std::size_t i = 0; shape_matches && i < shape.size(); ++i) {
+    if (shape[i] != -1 && shape[i] != header.shape[i]) shape_matches = false;
+  }
+  if (!shape_matches) {
+    fail(path, "shape is " + shape_string(header.shape) + ", expected " + shape_string(shape) + " (-1: any extent)");
+  }
+}
+
+}  // namespace
+
+NpyHeader read_npy_header(const std::filesystem::path& path) {
+  const int raw_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw_fd < 0) throw IoError("open", path, errno);
+  const FileDescriptor fd(raw_fd);
+  return read_header(fd.get(), path);
+}
+
+NpyHeader read_npy_header_checked(const std::filesystem::path& path, DType dtype,
+                                  const std::vector<std::int64_t>& shape) {
+  NpyHeader header = read_npy_header(path);
+  check_dtype_and_shape(path, header, dtype, shape);
+  return header;
+}
+
+NpyArray read_npy(const std::filesystem::path& path) {
+  const int raw_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw_fd < 0) throw IoError("open", path, errno);
+  const FileDescriptor fd(raw_fd);
+  const NpyHeader header = read_header(fd.get(), path);
+
+  NpyArray array;
+  array.dtype = header.dtype;
+  array.shape = header.shape;
+  array.data.resize(static_cast<std::size_t>(*byte_count(header.shape, dtype_size(header.dtype))));
+  if (!read_exact(fd.get(), path, array.data.data(), array.data.size(), header.data_offset)) {
     fail(path, "file shrank while it was read");
   }
   return array;
@@ -377,17 +421,7 @@ NpyArray read_npy(const std::filesystem::path& path) {
 
 NpyArray read_npy_checked(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape) {
   NpyArray array = read_npy(path);
-
-  if (array.dtype != dtype) {
-    fail(path, std::string("dtype is ") + dtype_descr(array.dtype) + ", expected " + dtype_descr(dtype));
-  }
-  bool shape_matches = array.shape.size() == shape.size();
-  for (std::size_t i = 0; shape_matches && i < shape.size(); ++i) {
-    if (shape[i] != -1 && shape[i] != array.shape[i]) shape_matches = false;
-  }
-  if (!shape_matches) {
-    fail(path, "shape is " + shape_string(array.shape) + ", expected " + shape_string(shape) + " (-1: any extent)");
-  }
+  check_dtype_and_shape(path, NpyHeader{array.dtype, array.shape, 0}, dtype, shape);
   return array;
 }
 

@@ -38,9 +38,26 @@ struct NpyArray {
 // Throws std::invalid_argument for a negative extent, or for null data when the shape has elements.
 std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& shape, const void* data);
 
-// Writes atomically (temporary file, fsync, rename).
+// Writes atomically (temporary file, fsync, rename). Fault points
+// (core/fault_injection.hpp): "npy_write", then `write_fault` when given, at
+// write_file_atomic's "atomic_write" position.
 void write_npy(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape,
-               const void* data);
+               const void* data, const char* write_fault = nullptr);
+
+// The checked header of a .npy file.
+struct NpyHeader {
+  DType dtype = DType::kFloat32;
+  std::vector<std::int64_t> shape;
+  std::uint64_t data_offset = 0;  // bytes before the data
+};
+
+// Reads and checks the header as read_npy does, including that the file size
+// matches it, without reading the data.
+NpyHeader read_npy_header(const std::filesystem::path& path);
+
+// As read_npy_header, and also requires the given dtype and shape (-1 matches any extent).
+NpyHeader read_npy_header_checked(const std::filesystem::path& path, DType dtype,
+                                  const std::vector<std::int64_t>& shape);
 
 // Reads and checks magic, version (1.0, 2.0 or 3.0), dtype, order and that the
 // file size matches the header. Throws NpyError naming the path and the defect,

@@ -17,6 +17,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/atomic_file.hpp"
+#include "core/file_lock.hpp"
 #include "core/hash.hpp"
 #include "core/npy.hpp"
 #include "dataset/contents.hpp"
@@ -39,6 +40,9 @@ const std::vector<std::string> kIncludeKeys = {
 
 // Staging directories untouched for this long belong to a dead writer.
 constexpr auto kStaleStagingAge = std::chrono::hours(24);
+
+// Lock file in <dataset_dir>/<config_id>/, held while a dataset is built.
+constexpr const char* kLockFileName = ".lock";
 
 // Python's json.dumps prints an int as "30" and a float as "30.0"; Config keeps
 // these keys as double, so integer values are taken to have been ints.
@@ -156,48 +160,65 @@ T meta_value(const YAML::Node& node, const std::string& key, const fs::path& met
   }
 }
 
-// A data file written by write_npy contains a header of at least 64 bytes before
-// `data_bytes` of data; anything shorter is truncated.
-bool data_file_present(const fs::path& path, std::uintmax_t data_bytes) {
-  std::error_code error;
-  const std::uintmax_t size = fs::file_size(path, error);
-  return !error && size >= data_bytes + 64;
-}
+// Why a dataset directory cannot be reused. `broken` marks a dataset made for
+// this config with a damaged or missing file, which is worth a warning.
+// Otherwise the dataset belongs to another config, version or commit.
+struct ReuseDefect {
+  std::string reason;
+  bool broken = false;
+};
 
-// Returns why `dir` cannot be reused for `config`, or nothing when it can.
-std::optional<std::string> reuse_defect(const fs::path& dir, const Config& config, const std::string& config_id,
+// Returns why `dir` cannot be reused for `config`, or nothing when it can. Checks
+// meta.yaml, volumes_contents.csv and the header and size of every volume and
+// mask, but not the data itself.
+std::optional<ReuseDefect> reuse_defect(const fs::path& dir, const Config& config, const std::string& config_id,
                                         const VolumePlan& plan) {
   YAML::Node meta;
   try {
     meta = read_meta(dir);
   } catch (const DatasetError& error) {
-    return error.what();
+    return ReuseDefect{error.what(), true};
   }
   const fs::path meta_path = dir / "meta.yaml";
 
   try {
-    if (meta_value<std::string>(meta, "config_id", meta_path) != config_id) return "its config_id differs";
+    if (meta_value<std::string>(meta, "config_id", meta_path) != config_id) {
+      return ReuseDefect{"its config_id differs", false};
+    }
     const int version = meta_value<int>(meta, "dataset_format_version", meta_path);
-    if (version != kDatasetFormatVersion) return fmt::format("it has format version {}", version);
+    if (version != kDatasetFormatVersion) return ReuseDefect{fmt::format("it has format version {}", version), false};
     if (config.dataset_reuse_enforce_commit_id) {
       const std::string commit = meta_value<std::string>(meta, "code_commit", meta_path);
       if (commit != kGitCommit) {
-        return fmt::format("it was made by commit {}, not {} (dataset_reuse_enforce_commit_id is set)", commit,
-                           kGitCommit);
+        return ReuseDefect{fmt::format("it was made by commit {}, not {} (dataset_reuse_enforce_commit_id is set)",
+                                       commit, kGitCommit),
+                           false};
       }
     }
   } catch (const DatasetError& error) {
-    return error.what();
+    return ReuseDefect{error.what(), true};
   }
 
-  if (!fs::is_regular_file(dir / "volumes_contents.csv")) return "volumes_contents.csv is missing";
-  const std::uintmax_t g = static_cast<std::uintmax_t>(config.vol_size());
+  const fs::path contents = dir / "volumes_contents.csv";
+  try {
+    if (read_file(contents) != volumes_contents_csv(plan)) {
+      return ReuseDefect{contents.string() + " does not list the volumes that this config defines", true};
+    }
+  } catch (const IoError& error) {
+    return ReuseDefect{error.what(), true};
+  }
+
+  const std::int64_t g = config.vol_size();
   for (int v = 0; v < plan.n_volumes(); ++v) {
     const bool validation = std::binary_search(plan.val_ids.begin(), plan.val_ids.end(), v);
-    const fs::path volume = volume_file(dir, validation, v);
-    const fs::path mask = mask_file(dir, validation, v);
-    if (!data_file_present(volume, 3 * g * g * g * sizeof(float))) return volume.string() + " is missing or truncated";
-    if (!data_file_present(mask, g * g * g * sizeof(std::uint16_t))) return mask.string() + " is missing or truncated";
+    try {
+      read_npy_header_checked(volume_file(dir, validation, v), DType::kFloat32, {3, g, g, g});
+      read_npy_header_checked(mask_file(dir, validation, v), DType::kUInt16, {g, g, g});
+    } catch (const NpyError& error) {
+      return ReuseDefect{error.what(), true};
+    } catch (const IoError& error) {
+      return ReuseDefect{error.what(), true};
+    }
   }
   return std::nullopt;
 }
@@ -216,9 +237,13 @@ std::optional<fs::path> find_reusable_dataset(const fs::path& root, const Config
   // Names start with a UTC timestamp, so reverse name order is newest first.
   std::sort(candidates.begin(), candidates.end(), std::greater<>());
   for (const fs::path& candidate : candidates) {
-    const std::optional<std::string> defect = reuse_defect(candidate, config, config_id, plan);
+    const std::optional<ReuseDefect> defect = reuse_defect(candidate, config, config_id, plan);
     if (!defect) return candidate;
-    spdlog::info("not reusing dataset {}: {}", candidate.string(), *defect);
+    if (defect->broken) {
+      spdlog::warn("not reusing dataset {}, which will be regenerated: {}", candidate.string(), defect->reason);
+    } else {
+      spdlog::info("not reusing dataset {}: {}", candidate.string(), defect->reason);
+    }
   }
   return std::nullopt;
 }
@@ -233,19 +258,46 @@ fs::file_time_type latest_write_time(const fs::path& dir) {
   return latest;
 }
 
-// Removes staging directories left by writers that died: nothing in them has
-// changed for kStaleStagingAge. A live writer renames a new file into place at
-// least once per volume.
-void remove_stale_staging(const fs::path& root) {
+// The process id in a staging directory name ".tmp_<YYYYmmdd-HHMMSS>_<pid>_<8 hex>",
+// or -1 when the name has another form.
+long staging_owner(const std::string& name) {
+  const std::size_t pid_start = name.find('_', 5);
+  const std::size_t pid_end = pid_start == std::string::npos ? std::string::npos : name.find('_', pid_start + 1);
+  if (!name.starts_with(".tmp_") || pid_end == std::string::npos) return -1;
+
+  long pid = -1;
+  const char* first = name.data() + pid_start + 1;
+  const char* last = name.data() + pid_end;
+  const auto [end, error] = std::from_chars(first, last, pid);
+  if (first == last || error != std::errc() || end != last || pid <= 0) return -1;
+  return pid;
+}
+
+// Removes the staging directories under `root` whose writer is gone. With
+// `lock_held`, every builder that takes the lock is known to have stopped, so a
+// directory goes when the process id in its name is not alive on this host or
+// is this process. Directories of live process ids (perhaps a writer that takes
+// no lock, or a reused id), and all of them without the lock, go only when
+// nothing in them has changed for kStaleStagingAge.
+void remove_orphaned_staging(const fs::path& root, bool lock_held) {
   const fs::file_time_type now = fs::file_time_type::clock::now();
   for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
-    if (!entry.is_directory() || !entry.path().filename().string().starts_with(".tmp_")) continue;
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || !name.starts_with(".tmp_")) continue;
     try {
-      if (now - latest_write_time(entry.path()) < kStaleStagingAge) continue;
-      spdlog::warn("removing stale dataset staging directory {} (unchanged for over 24 h)", entry.path().string());
+      const long owner = staging_owner(name);
+      const bool owner_gone = owner > 0 && (owner == static_cast<long>(getpid()) || !process_alive(owner));
+      if (lock_held && owner_gone) {
+        spdlog::warn("removing staging directory {} of a dataset build that stopped (process {} is gone)",
+                     entry.path().string(), owner);
+      } else if (now - latest_write_time(entry.path()) >= kStaleStagingAge) {
+        spdlog::warn("removing stale dataset staging directory {} (unchanged for over 24 h)", entry.path().string());
+      } else {
+        continue;
+      }
       fs::remove_all(entry.path());
     } catch (const fs::filesystem_error& error) {
-      spdlog::warn("cannot remove stale staging directory {}: {}", entry.path().string(), error.what());
+      spdlog::warn("cannot remove staging directory {}: {}", entry.path().string(), error.what());
     }
   }
 }
@@ -340,10 +392,26 @@ DatasetInfo ensure_dataset(const Config& config) {
   const fs::path root = fs::path(config.dataset_dir) / config_id;
   const VolumePlan plan = plan_volumes(config);
 
+  // A finished dataset appears only by the rename of a complete staging
+  // directory, so it can be found and reused without the lock. Debris of killed
+  // builds goes when no builder runs right now.
+  if (const std::optional<fs::path> reusable = find_reusable_dataset(root, config, config_id, plan)) {
+    if (const std::optional<FileLock> lock = FileLock::try_acquire(root / kLockFileName)) {
+      remove_orphaned_staging(root, true);
+    }
+    spdlog::info("reusing dataset {}", reusable->string());
+    return open_dataset(*reusable);
+  }
+
+  // One builder at a time. A process that waited here finds the dataset that
+  // the other one built.
+  fs::create_directories(root);
+  const FileLock lock(root / kLockFileName, "building dataset " + root.string());
   if (const std::optional<fs::path> reusable = find_reusable_dataset(root, config, config_id, plan)) {
     spdlog::info("reusing dataset {}", reusable->string());
     return open_dataset(*reusable);
   }
+  remove_orphaned_staging(root, lock.held());
 
   const FractalLibraryPaths library = fractal_library_paths(config);
   if (any_instance_missing(plan, library)) {
@@ -351,8 +419,6 @@ DatasetInfo ensure_dataset(const Config& config) {
     generate_fractal_library(config);
   }
 
-  fs::create_directories(root);
-  remove_stale_staging(root);
   spdlog::info("generating dataset {}: {} volumes ({} training, {} validation) of {}^3 voxels", config_id,
                plan.n_volumes(), plan.train_ids.size(), plan.val_ids.size(), config.vol_size());
   const fs::path dir = build_dataset(config, config_id, plan, library, root);
@@ -395,6 +461,26 @@ DatasetInfo open_dataset(const fs::path& dir) {
   info.val_ids = list_volume_ids(dir, Split::kValidation);
 
   // Counts are extras of this program; a dataset of the reference lacks them.
+  // A volume missing from both splits is named by the file it should have.
+  if (meta["n_volumes"]) {
+    const int n_volumes = meta_value<int>(meta, "n_volumes", meta_path);
+    for (int v = 0; v < n_volumes; ++v) {
+      if (std::binary_search(info.train_ids.begin(), info.train_ids.end(), v) ||
+          std::binary_search(info.val_ids.begin(), info.val_ids.end(), v)) {
+        continue;
+      }
+      std::string missing = fmt::format("neither {} nor {} exists", volume_file(dir, false, v).string(),
+                                        volume_file(dir, true, v).string());
+      for (const bool validation : {false, true}) {
+        if (fs::exists(mask_file(dir, validation, v))) {
+          missing = fmt::format("{} does not exist, but its mask does", volume_file(dir, validation, v).string());
+        }
+      }
+      throw DatasetError(fmt::format("volume {} of dataset {} is missing: {}; the dataset is incomplete, delete the "
+                                     "directory and run the benchmark again to regenerate it",
+                                     v, dir.string(), missing));
+    }
+  }
   for (const auto& [key, ids] : {std::pair{"n_train", &info.train_ids}, std::pair{"n_val", &info.val_ids}}) {
     if (!meta[key]) continue;
     const auto expected = meta_value<std::size_t>(meta, key, meta_path);

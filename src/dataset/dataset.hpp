@@ -46,15 +46,21 @@ std::string dataset_config_id(const Config& config);
 
 // Reuses the newest complete dataset under <dataset_dir>/<config_id>/ whose
 // meta.yaml matches (config_id, format version, and code commit when
-// dataset_reuse_enforce_commit_id is set), or builds one in a staging directory
-// and renames it into place (generating the fractal library first when an
-// instance file is missing). Throws ConfigError for invalid dataset keys.
+// dataset_reuse_enforce_commit_id is set), whose volumes_contents.csv matches
+// the config and whose volume and mask headers are valid. A damaged dataset is
+// skipped with a warning naming the file. Otherwise builds one in a staging
+// directory and renames it into place (generating the fractal library first
+// when an instance file is missing), holding the lock
+// <dataset_dir>/<config_id>/.lock so that concurrent calls build it once.
+// Under the lock it removes the staging directories of builds that were
+// killed. Throws ConfigError for invalid dataset keys.
 // NOTE: not rank-aware. With several ranks, call it on rank 0 only and let the
 // other ranks open_dataset the returned directory after a barrier.
 DatasetInfo ensure_dataset(const Config& config);
 
-// Opens an existing dataset directory (reads meta.yaml, lists ids); throws naming
-// the file when something is missing or inconsistent.
+// Opens an existing dataset directory (reads meta.yaml, lists ids); throws
+// DatasetError naming the file when something is missing or inconsistent,
+// including a volume that meta.yaml's n_volumes counts but neither split holds.
 DatasetInfo open_dataset(const std::filesystem::path& dir);
 
 std::filesystem::path volume_path(const DatasetInfo& info, Split split, int volume_index);

@@ -71,8 +71,9 @@ void write_one_volume(const Config& config, const VolumePlan& plan, const Fracta
 
   const bool validation = std::binary_search(plan.val_ids.begin(), plan.val_ids.end(), volume_index);
   const std::int64_t g = grid;
-  write_npy(volume_file(dataset_dir, validation, volume_index), DType::kFloat32, {3, g, g, g}, volume.data());
-  write_npy(mask_file(dataset_dir, validation, volume_index), DType::kUInt16, {g, g, g}, mask.data());
+  write_npy(volume_file(dataset_dir, validation, volume_index), DType::kFloat32, {3, g, g, g}, volume.data(),
+            "volume_write");
+  write_npy(mask_file(dataset_dir, validation, volume_index), DType::kUInt16, {g, g, g}, mask.data(), "mask_write");
 }
 
 }  // namespace

@@ -36,6 +36,8 @@ std::filesystem::path mask_file(const std::filesystem::path& dataset_dir, bool v
 // parallel over OpenMP threads; each file depends only on its own volume, so the
 // output is byte-identical for any thread count. After the first failure no new
 // volume starts, and the error of the lowest failing volume index is rethrown.
+// Fault points (core/fault_injection.hpp): "volume_write" for each volume file,
+// "mask_write" for each mask file.
 void write_volume_files(const Config& config, const VolumePlan& plan, const FractalLibraryPaths& library,
                         const std::filesystem::path& dataset_dir);
 

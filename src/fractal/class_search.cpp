@@ -298,7 +298,10 @@ Ifs parse_class_csv(std::string_view text, const std::string& origin) {
   return ifs;
 }
 
-void write_class_csv(const std::filesystem::path& path, const Ifs& ifs) { write_file_atomic(path, format_class_csv(ifs)); }
+void write_class_csv(const std::filesystem::path& path, const Ifs& ifs) {
+  static constexpr const char* kFaults[] = {"class_write"};
+  write_file_atomic(path, format_class_csv(ifs), kFaults);
+}
 
 Ifs read_class_csv(const std::filesystem::path& path) { return parse_class_csv(read_file(path), path.string()); }
 

@@ -68,7 +68,7 @@ std::string format_class_csv(const Ifs& ifs);
 // Throws std::runtime_error on any defect.
 Ifs parse_class_csv(std::string_view text, const std::string& origin);
 
-// Writes a class CSV atomically.
+// Writes a class CSV atomically, with the fault point "class_write" (core/fault_injection.hpp).
 void write_class_csv(const std::filesystem::path& path, const Ifs& ifs);
 
 struct ClassSearchStats {

@@ -132,7 +132,7 @@ InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config&
 
       if (!valid) {
         const Instance instance = make_instance(classes[static_cast<std::size_t>(c)], c, k, seed, point_num);
-        write_npy(path, DType::kFloat32, {point_num, 3}, instance.xyz.data());
+        write_npy(path, DType::kFloat32, {point_num, 3}, instance.xyz.data(), "instance_write");
         if (instance.attenuation != 1.0) {
           ++attenuated;
           spdlog::debug("instance {} of class {} needed weights attenuated by {}", k, c, instance.attenuation);

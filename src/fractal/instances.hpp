@@ -55,7 +55,8 @@ struct InstanceStats {
 
 // Makes sure every instance file of classes 0 .. classes.size()-1 exists and is
 // valid, in parallel over (class, instance). The bytes written do not depend
-// on the thread count. Invalid files are logged and regenerated.
+// on the thread count. Invalid files are logged and regenerated. Each file is
+// written with the fault point "instance_write" (core/fault_injection.hpp).
 InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config& config, const std::vector<Ifs>& classes);
 
 }  // namespace scaffold

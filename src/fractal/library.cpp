@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/atomic_file.hpp"
+#include "core/file_lock.hpp"
 #include "core/npy.hpp"
 #include "fractal/class_search.hpp"
 #include "fractal/instances.hpp"
@@ -31,9 +33,36 @@ std::filesystem::path instance_path(const FractalLibraryPaths& paths, int catego
   return paths.instances_dir / fmt::format("{:06d}", category) / fmt::format("{:06d}_{:04d}.npy", category, instance);
 }
 
+std::filesystem::path library_lock_path(const FractalLibraryPaths& paths) { return paths.root / ".lock"; }
+
+namespace {
+
+// Removes the temporary files that killed writers left in the class directory
+// and the instance directories of this point count.
+void remove_orphaned_library_files(const FractalLibraryPaths& paths) {
+  int removed = remove_orphaned_temporary_files(paths.params_dir);
+  removed += remove_orphaned_temporary_files(paths.instances_dir);
+
+  std::error_code error;
+  std::filesystem::directory_iterator entries(paths.instances_dir, error);
+  if (error) return;
+  for (const std::filesystem::directory_entry& entry : entries) {
+    if (entry.is_directory(error)) removed += remove_orphaned_temporary_files(entry.path());
+  }
+  if (removed > 0) spdlog::warn("removed {} partly written files under {}", removed, paths.root.string());
+}
+
+}  // namespace
+
 void generate_fractal_library(const Config& config, int batch_size) {
   const auto started = std::chrono::steady_clock::now();
   const FractalLibraryPaths paths = fractal_library_paths(config);
+
+  // One writer at a time: a second process waits here, then finds the files
+  // of the first and keeps them.
+  std::filesystem::create_directories(paths.root);
+  const FileLock lock(library_lock_path(paths), "generating the fractal library " + paths.root.string());
+  if (lock.held()) remove_orphaned_library_files(paths);
 
   if (config.datagen_from_scratch) {
     spdlog::info("datagen_from_scratch: deleting {} and {}", paths.params_dir.string(),

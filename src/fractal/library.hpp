@@ -22,9 +22,15 @@ FractalLibraryPaths fractal_library_paths(const Config& config);
 std::filesystem::path class_csv_path(const FractalLibraryPaths& paths, int category);
 std::filesystem::path instance_path(const FractalLibraryPaths& paths, int category, int instance);
 
+// root/.lock, locked (core/file_lock.hpp) while the library is generated.
+std::filesystem::path library_lock_path(const FractalLibraryPaths& paths);
+
 // Searches classes until `n_categories` CSVs exist, then writes every missing
 // instance. Reuses valid existing files unless `datagen_from_scratch` is set.
-// `batch_size` is the number of candidates tried per round.
+// `batch_size` is the number of candidates tried per round. Holds the lock
+// library_lock_path throughout, so concurrent calls for the same library run
+// one after the other, and first removes the temporary files of writers that
+// were killed.
 void generate_fractal_library(const Config& config, int batch_size = 10000);
 
 // Reads one class CSV (2 rows x 13 values); throws naming the file on any defect.

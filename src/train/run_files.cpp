@@ -121,27 +121,14 @@ std::string shell_quote(const std::string& text) {
 
 }  // namespace
 
-void write_restart_script(const fs::path& run_dir, const std::vector<std::string>& argv) {
-  std::string command;
-  for (std::size_t i = 0; i < argv.size(); ++i) {
-    // Drop a previous --restart/--run-dir pair and --base-run-dir/--job-name: the run dir is fixed now.
-    if (argv[i] == "--restart") {
-      continue;
-    }
-    if ((argv[i] == "--run-dir" || argv[i] == "--base-run-dir" || argv[i] == "--job-name") && i + 1 < argv.size()) {
-      ++i;
-      continue;
-    }
-    command += (command.empty() ? "" : " ") + shell_quote(argv[i]);
-  }
-
+void write_restart_script(const fs::path& run_dir, const fs::path& executable) {
   const std::string script = fmt::format(
       "#!/usr/bin/env bash\n"
-      "# Resumes this run from its last checkpoint.\n"
+      "# Resumes this run from its last checkpoint; extra arguments are passed on.\n"
       "set -euo pipefail\n"
       "RUN_DIR={}\n"
-      "exec {} --restart --run-dir \"$RUN_DIR\" \"$@\"\n",
-      shell_quote(fs::absolute(run_dir).string()), command);
+      "exec {} benchmark -c \"$RUN_DIR/config.yaml\" --restart --run-dir \"$RUN_DIR\" \"$@\"\n",
+      shell_quote(fs::absolute(run_dir).string()), shell_quote(fs::absolute(executable).string()));
   const fs::path path = run_dir / "restart.sh";
   write_file_atomic(path, script);
   fs::permissions(path, fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec, fs::perm_options::add);

@@ -44,7 +44,9 @@ std::vector<EpochStats> read_train_stats(const std::filesystem::path& csv_path);
 
 std::string format_stats_row(const EpochStats& row);
 
-// Writes restart.sh (executable) that re-runs `argv` with --restart --run-dir.
-void write_restart_script(const std::filesystem::path& run_dir, const std::vector<std::string>& argv);
+// Writes restart.sh (executable): `<executable> benchmark -c <run_dir>/config.yaml
+// --restart --run-dir <run_dir>`, passing on its own arguments. config.yaml
+// already holds the merged files and command-line overrides.
+void write_restart_script(const std::filesystem::path& run_dir, const std::filesystem::path& executable);
 
 }  // namespace scaffold

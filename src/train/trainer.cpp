@@ -11,6 +11,9 @@
 #include "core/logging.hpp"
 #include "nn/unet.hpp"
 #include "report/run_figures.hpp"
+#include "core/atomic_file.hpp"
+#include "core/fault_injection.hpp"
+#include "core/stop_signal.hpp"
 #include "train/checkpoint.hpp"
 #include "train/data_loader.hpp"
 #include "train/loss.hpp"
@@ -207,9 +210,51 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
 
 }  // namespace
 
-TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const fs::path& run_dir) {
+namespace {
+
+// Rebuilds train_stats.csv from the checkpoint's history, so rows of epochs
+// after the checkpoint are dropped and a missing file or header is rewritten.
+void restore_train_stats(const fs::path& stats_path, const std::vector<EpochStats>& history) {
+  if (fs::exists(stats_path)) {
+    try {
+      const std::vector<EpochStats> on_disk = read_train_stats(stats_path);
+      if (on_disk.size() > history.size()) {
+        spdlog::info("train_stats.csv: dropping {} rows of epochs after the checkpoint", on_disk.size() - history.size());
+      }
+    } catch (const std::exception& error) {
+      spdlog::warn("{}; rewriting it from the checkpoint", error.what());
+    }
+  } else {
+    spdlog::warn("{} is missing; rewriting it from the checkpoint", stats_path.string());
+  }
+  write_train_stats(stats_path, history);
+}
+
+void fill_result(TrainingResult& result, const Config& config, const TrainingProgress& progress) {
+  result.converged = progress.val_dice >= config.target_dice;
+  result.epochs = progress.epoch;
+  result.total_optimizer_steps = progress.total_optimizer_steps;
+  result.figure_of_merit_s = 0;
+  for (const EpochStats& row : progress.history) {
+    result.figure_of_merit_s += row.epoch_duration;
+  }
+  result.final_val_dice = progress.val_dice;
+  result.median_minibatch_s = median(progress.epoch_median_step_s);
+  result.train_samples_per_s = progress.step_seconds_total > 0
+                                   ? static_cast<double>(progress.train_samples_total) / progress.step_seconds_total
+                                   : 0.0;
+  result.history = progress.history;
+}
+
+}  // namespace
+
+TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const fs::path& run_dir, bool resume) {
   TrainingResult result;
   result.compute_threads = configure_compute_threads();
+  if (config.more_determinism) {
+    // Deterministic kernels where LibTorch has a choice; warn instead of failing where it has none.
+    at::globalContext().setDeterministicAlgorithms(true, true);
+  }
   if (config.torch_amp) {
     spdlog::info("torch_amp: bf16 autocast applies to CUDA only; CPU training runs in float32");
   }
@@ -236,19 +281,39 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
   auto optimizer = make_optimizer(config.optimizer, model->parameters(), config.starting_learning_rate);
   LrScheduler scheduler(config.starting_learning_rate, config.min_learning_rate, config.T_0, config.T_mult,
                         !config.disable_scheduler);
-
+  const CheckpointIdentity identity = checkpoint_identity(config, model);
   const fs::path stats_path = run_dir / "train_stats.csv";
-  CheckpointWriter checkpoints(config, run_dir);
-  double val_dice = 0.0;
-  std::int64_t total_steps = 0;
-  std::vector<double> epoch_medians;
-  double step_seconds_total = 0.0;
-  std::int64_t train_samples_total = 0;
+  CheckpointWriter checkpoints(config, run_dir, identity);
 
-  for (int epoch = 1; val_dice < config.target_dice; ++epoch) {
+  // Continue from the last checkpoint when resuming.
+  TrainingProgress progress;
+  if (resume) {
+    // Temporary files of writes that a kill interrupted.
+    remove_orphaned_temporary_files(run_dir);
+    if (fs::is_directory(checkpoint_dir(config, run_dir))) {
+      remove_orphaned_temporary_files(checkpoint_dir(config, run_dir));
+    }
+    std::optional<TrainingProgress> loaded =
+        load_latest_checkpoint(checkpoint_dir(config, run_dir), model, *optimizer, identity);
+    if (!loaded) {
+      throw std::runtime_error(fmt::format("no checkpoint to resume from in {}; start a new run instead",
+                                           checkpoint_dir(config, run_dir).string()));
+    }
+    progress = std::move(*loaded);
+    scheduler.set_epochs_completed(progress.scheduler_epochs);
+    restore_train_stats(stats_path, progress.history);
+    if (progress.val_dice >= config.target_dice) {
+      spdlog::info("this run already reached validation Dice {:.4f} >= {} in epoch {}; nothing left to train",
+                   progress.val_dice, config.target_dice, progress.epoch);
+      fill_result(result, config, progress);
+      return result;
+    }
+  }
+
+  for (int epoch = progress.epoch + 1; progress.val_dice < config.target_dice; ++epoch) {
     if (config.epochs != -1 && epoch > config.epochs) {
       spdlog::warn("stopping after the epoch cap of {} without reaching validation Dice {} (reached {:.4f})",
-                   config.epochs, config.target_dice, val_dice);
+                   config.epochs, config.target_dice, progress.val_dice);
       break;
     }
     const Clock::time_point epoch_start = Clock::now();
@@ -275,14 +340,18 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
       if (batch->size() == config.local_batch_size) {
         step_times.push_back(step_s);
       }
-      step_seconds_total += step_s;
+      progress.step_seconds_total += step_s;
       stats.epoch_loss += step.loss * batch->size();
       soft_dice_sum += step.soft_dice * batch->size();
       train_samples += batch->size();
       ++stats.optimizer_steps;
+      fault_point("train_step");
+      if (const int signal_number = stop_signal()) {
+        throw StopRequested{signal_number};
+      }
     }
-    total_steps += stats.optimizer_steps;
-    train_samples_total += train_samples;
+    progress.total_optimizer_steps += stats.optimizer_steps;
+    progress.train_samples_total += train_samples;
     stats.overall_loss = stats.epoch_loss / train_samples;
     stats.train_dice = soft_dice_sum / train_samples;
 
@@ -295,32 +364,30 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     check_finite(stats.val_dice, "validation Dice", epoch);
     scheduler.step();
     stats.epoch_duration = seconds_since(epoch_start);
-    stats.total_optimizer_steps = total_steps;
-    val_dice = stats.val_dice;
+    stats.total_optimizer_steps = progress.total_optimizer_steps;
 
     // Record the epoch (outside the timed interval, as the reference does).
-    result.history.push_back(stats);
-    write_train_stats(stats_path, result.history);
-    write_figures(config, run_dir, result.history);
-    const double epoch_median = median(step_times);
-    epoch_medians.push_back(epoch_median);
+    progress.epoch = epoch;
+    progress.val_dice = stats.val_dice;
+    progress.scheduler_epochs = scheduler.epochs_completed();
+    progress.history.push_back(stats);
+    progress.epoch_median_step_s.push_back(median(step_times));
+    write_train_stats(stats_path, progress.history);
+    write_figures(config, run_dir, progress.history);
     spdlog::info(
         "epoch {}: train_loss={:.4f} train_dice={:.4f} val_loss={:.4f} val_dice={:.4f} lr={:.3g} epoch_s={:.2f} "
         "median_step_s={:.3f} steps={}",
         epoch, stats.overall_loss, stats.train_dice, stats.val_loss_avg, stats.val_dice, lr, stats.epoch_duration,
-        epoch_median, total_steps);
-    checkpoints.after_epoch(model, *optimizer, scheduler, stats, val_dice >= config.target_dice);
+        progress.epoch_median_step_s.back(), progress.total_optimizer_steps);
+
+    const bool last = progress.val_dice >= config.target_dice || (config.epochs != -1 && epoch >= config.epochs);
+    checkpoints.after_epoch(model, *optimizer, progress, last);
+    if (const int signal_number = stop_signal()) {
+      throw StopRequested{signal_number};
+    }
   }
 
-  result.converged = val_dice >= config.target_dice;
-  result.epochs = result.history.empty() ? 0 : result.history.back().epoch;
-  result.total_optimizer_steps = total_steps;
-  for (const EpochStats& row : result.history) {
-    result.figure_of_merit_s += row.epoch_duration;
-  }
-  result.final_val_dice = val_dice;
-  result.median_minibatch_s = median(epoch_medians);
-  result.train_samples_per_s = step_seconds_total > 0 ? static_cast<double>(train_samples_total) / step_seconds_total : 0.0;
+  fill_result(result, config, progress);
   return result;
 }
 

@@ -26,8 +26,11 @@ struct TrainingResult {
   std::vector<EpochStats> history;
 };
 
-// Trains the U-Net of `config` on `dataset`, writing train_stats.csv and
-// checkpoints into `run_dir`. Throws when a loss is not finite.
-TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const std::filesystem::path& run_dir);
+// Trains the U-Net of `config` on `dataset`, writing train_stats.csv, figures
+// and checkpoints into `run_dir`. With `resume`, continues from the run's last
+// checkpoint. Throws when a loss is not finite, and StopRequested after the
+// current step when SIGINT or SIGTERM arrived.
+TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const std::filesystem::path& run_dir,
+                          bool resume = false);
 
 }  // namespace scaffold
