@@ -296,3 +296,22 @@ TEST_F(ResumeTest, SigintStopsCleanlyAndSaysHowToResume) {
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   expect_same_final_state(*reference_run_, run);
 }
+
+TEST_F(ResumeTest, TrainFromScratchZeroContinuesNewestRun) {
+  // Two runs of the job under one base directory; the newer one is continued.
+  const fs::path base = dir_->path() / "continue_base";
+  fs::remove_all(base);
+  fs::create_directories(base);
+  fs::copy(*reference_run_, base / "benchmark_20200101-000000", fs::copy_options::recursive);
+  fs::copy(*reference_run_, base / "benchmark_20210101-000000", fs::copy_options::recursive);
+  scaffold::write_file_atomic(dir_->path() / "continue.yml", tiny_config(3) + "train_from_scratch: 0\n");
+
+  const CommandResult resumed = run_in(
+      dir_->path(), scaffold_command("benchmark -c continue.yml --base-run-dir continue_base --target-dice 0.01"));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("benchmark_20210101-000000"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("nothing left to train"), std::string::npos) << resumed.output;
+  std::size_t runs = 0;
+  for ([[maybe_unused]] const auto& entry : fs::directory_iterator(base)) ++runs;
+  EXPECT_EQ(runs, 2u) << "a new run directory was created";
+}

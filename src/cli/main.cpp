@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <algorithm>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -167,13 +169,34 @@ void write_run_description(const fs::path& run_dir, const scaffold::Config& conf
   scaffold::write_restart_script(run_dir, executable);
 }
 
+// The newest directory `<base_run_dir>/<job_name>_YYYYmmdd-HHMMSS[-N]` that
+// holds a checkpoint; names sort by time because the timestamp is fixed-width.
+std::optional<fs::path> latest_resumable_run(const scaffold::Config& config) {
+  std::error_code error;
+  if (!fs::is_directory(config.base_run_dir, error)) {
+    return std::nullopt;
+  }
+  std::vector<fs::path> candidates;
+  for (const auto& entry : fs::directory_iterator(config.base_run_dir, error)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && name.rfind(config.job_name + "_", 0) == 0 &&
+        scaffold::has_checkpoint(entry.path() / config.checkpoint_dir)) {
+      candidates.push_back(fs::absolute(entry.path()));
+    }
+  }
+  if (candidates.empty()) {
+    return std::nullopt;
+  }
+  return *std::max_element(candidates.begin(), candidates.end());
+}
+
 int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigOverrides& overrides,
                   const fs::path& executable, bool restart, const std::string& run_dir_arg) {
   // --run-dir resumes that run (with or without --restart); --restart alone has nothing to resume.
   if (restart && run_dir_arg.empty()) {
     throw scaffold::ConfigError("--restart needs --run-dir DIR naming the run directory to resume");
   }
-  const bool resume = !run_dir_arg.empty();
+  bool resume = !run_dir_arg.empty();
   fs::path run_dir;
   if (resume) {
     run_dir = fs::absolute(run_dir_arg);
@@ -189,6 +212,18 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
 
   std::vector<fs::path> files(config_files.begin(), config_files.end());
   scaffold::Config config = scaffold::load_config(files, overrides);
+
+  // train_from_scratch: 0 continues the newest run of this job that has a checkpoint.
+  if (!resume && !config.train_from_scratch) {
+    if (const std::optional<fs::path> latest = latest_resumable_run(config)) {
+      spdlog::info("train_from_scratch is 0: continuing the newest run with a checkpoint, {}", latest->string());
+      run_dir = *latest;
+      resume = true;
+    } else {
+      spdlog::info("train_from_scratch is 0, but no run of job '{}' under {} has a checkpoint; starting a new run",
+                   config.job_name, config.base_run_dir);
+    }
+  }
   const scaffold::VolumeCounts counts = scaffold::volume_counts(config);
   if (counts.validation == 0) {
     throw scaffold::ConfigError(fmt::format(
