@@ -17,53 +17,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_test_support.hpp"
 #include "core/atomic_file.hpp"
 #include "train/run_files.hpp"
 
 namespace fs = std::filesystem;
 
+using scaffold_test::CommandResult;
+using scaffold_test::only_run_dir;
+using scaffold_test::run_in;
+using scaffold_test::scaffold_command;
+using scaffold_test::TempDir;
+
 namespace {
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs `command` through the shell in `dir`, capturing its output.
-CommandResult run_in(const fs::path& dir, const std::string& command) {
-  const std::string full = "cd '" + dir.string() + "' && " + command + " 2>&1";
-  CommandResult result;
-  FILE* pipe = ::popen(full.c_str(), "r");
-  if (pipe == nullptr) {
-    return result;
-  }
-  char buffer[4096];
-  std::size_t read = 0;
-  while ((read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
-    result.output.append(buffer, read);
-  }
-  const int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-std::string scaffold_command(const std::string& arguments) {
-  return std::string("OMP_NUM_THREADS=2 ") + SCAFFOLD_BINARY + " " + arguments;
-}
-
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag)
-      : path_(fs::temp_directory_path() / ("scaffold_e2e_" + tag + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // The tiny problem: 16^3 volumes, 2 classes, a 2-level U-Net, 30 volumes.
 constexpr const char* kTinyConfig = R"(seed: 42
@@ -82,19 +49,11 @@ warmup_batches: 2
 checkpoint_interval: 5
 )";
 
-fs::path only_run_dir(const fs::path& base) {
-  std::vector<fs::path> dirs;
-  for (const auto& entry : fs::directory_iterator(base)) {
-    dirs.push_back(entry.path());
-  }
-  EXPECT_EQ(dirs.size(), 1u);
-  return dirs.empty() ? fs::path() : dirs.front();
-}
 
 }  // namespace
 
 TEST(EndToEnd, TinyProblemReachesDiceTarget) {
-  TempDir dir("train");
+  TempDir dir("e2e_train");
   scaffold::write_file_atomic(dir.path() / "tiny.yml", std::string_view(kTinyConfig));
 
   // Generate the fractal library, then train (the dataset is built on first use).
@@ -177,7 +136,7 @@ TEST(EndToEnd, TinyProblemReachesDiceTarget) {
 }
 
 TEST(EndToEnd, UnknownKeyNamesClosestValidKey) {
-  TempDir dir("badkey");
+  TempDir dir("e2e_badkey");
   scaffold::write_file_atomic(dir.path() / "bad.yml", std::string_view("problem_scal: 4\n"));
   const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c bad.yml"));
   EXPECT_EQ(result.exit_code, 2) << result.output;
@@ -187,7 +146,7 @@ TEST(EndToEnd, UnknownKeyNamesClosestValidKey) {
 }
 
 TEST(EndToEnd, OutOfRangeValueNamesRange) {
-  TempDir dir("range");
+  TempDir dir("e2e_range");
   scaffold::write_file_atomic(dir.path() / "cfg.yml", std::string_view("problem_scale: 4\n"));
   const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --unet-bottleneck-dim 4"));
   EXPECT_EQ(result.exit_code, 2) << result.output;
@@ -196,7 +155,7 @@ TEST(EndToEnd, OutOfRangeValueNamesRange) {
 }
 
 TEST(EndToEnd, RestartWithoutRunDirIsAnError) {
-  TempDir dir("restart");
+  TempDir dir("e2e_restart");
   scaffold::write_file_atomic(dir.path() / "cfg.yml", std::string_view("problem_scale: 4\n"));
   const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --restart"));
   EXPECT_NE(result.exit_code, 0);
@@ -204,14 +163,14 @@ TEST(EndToEnd, RestartWithoutRunDirIsAnError) {
 }
 
 TEST(EndToEnd, MissingConfigFileIsNamed) {
-  TempDir dir("missing");
+  TempDir dir("e2e_missing");
   const CommandResult result = run_in(dir.path(), scaffold_command("generate_fractals -c nowhere.yml"));
   EXPECT_NE(result.exit_code, 0);
   EXPECT_NE(result.output.find("nowhere.yml"), std::string::npos) << result.output;
 }
 
 TEST(EndToEnd, ValSplitZeroIsRejectedBeforeGeneration) {
-  TempDir dir("valsplit");
+  TempDir dir("e2e_valsplit");
   scaffold::write_file_atomic(dir.path() / "cfg.yml", std::string_view("problem_scale: 4\nval_split: 0\n"));
   const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c cfg.yml"));
   EXPECT_EQ(result.exit_code, 2) << result.output;
@@ -222,7 +181,7 @@ TEST(EndToEnd, ValSplitZeroIsRejectedBeforeGeneration) {
 
 TEST(EndToEnd, InputNamedConfigYamlKeepsMergedConfig) {
   // An input file named config.yaml must not replace the run's merged config.
-  TempDir dir("inputname");
+  TempDir dir("e2e_inputname");
   scaffold::write_file_atomic(dir.path() / "config.yaml",
                               std::string_view("problem_scale: 4\nn_categories: 1\nn_instances_used_per_fractal: 30\n"
                                                "unet_bottleneck_dim: 3\nwarmup_batches: 0\n"));
@@ -237,7 +196,7 @@ TEST(EndToEnd, InputNamedConfigYamlKeepsMergedConfig) {
 }
 
 TEST(EndToEnd, BatchLargerThanSplitIsRejected) {
-  TempDir dir("batch");
+  TempDir dir("e2e_batch");
   scaffold::write_file_atomic(dir.path() / "cfg.yml",
                               std::string_view("problem_scale: 4\nn_categories: 1\nn_instances_used_per_fractal: 12\n"));
   // 4 volumes: 3 for training and 1 for validation.
@@ -248,7 +207,7 @@ TEST(EndToEnd, BatchLargerThanSplitIsRejected) {
 }
 
 TEST(EndToEnd, UnusableBaseRunDirIsNamedBeforeGeneration) {
-  TempDir dir("basedir");
+  TempDir dir("e2e_basedir");
   scaffold::write_file_atomic(dir.path() / "cfg.yml", std::string_view("problem_scale: 4\n"));
   scaffold::write_file_atomic(dir.path() / "plainfile", std::string_view("x"));
   const CommandResult result = run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --base-run-dir plainfile/runs"));

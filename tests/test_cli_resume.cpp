@@ -17,6 +17,7 @@
 
 #include <torch/torch.h>
 
+#include "cli_test_support.hpp"
 #include "core/atomic_file.hpp"
 #include "nn/unet.hpp"
 #include "train/run_files.hpp"
@@ -25,43 +26,14 @@ namespace fs = std::filesystem;
 
 extern char** environ;
 
+using scaffold_test::CommandResult;
+using scaffold_test::only_run_dir;
+using scaffold_test::run_in;
+using scaffold_test::scaffold_command;
+using scaffold_test::TempDir;
+
 namespace {
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;
-};
-
-CommandResult run_in(const fs::path& dir, const std::string& command) {
-  const std::string full = "cd '" + dir.string() + "' && " + command + " 2>&1";
-  CommandResult result;
-  FILE* pipe = ::popen(full.c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  std::size_t read = 0;
-  while ((read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, read);
-  const int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
-
-std::string scaffold_command(const std::string& arguments) {
-  return std::string("OMP_NUM_THREADS=2 ") + SCAFFOLD_BINARY + " " + arguments;
-}
-
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag)
-      : path_(fs::temp_directory_path() / ("scaffold_resume_" + tag + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // 16^3 volumes, a 1-level U-Net, 14 training and 6 validation volumes; the
 // Dice target is out of reach so every run trains exactly `epochs` epochs.
@@ -80,12 +52,6 @@ std::string tiny_config(int epochs) {
          std::to_string(epochs) + "\n";
 }
 
-fs::path only_run_dir(const fs::path& base) {
-  std::vector<fs::path> dirs;
-  for (const auto& entry : fs::directory_iterator(base)) dirs.push_back(entry.path());
-  EXPECT_EQ(dirs.size(), 1u) << base;
-  return dirs.empty() ? fs::path() : dirs.front();
-}
 
 // The model parameters stored in a checkpoint, by name, read into the tiny
 // config's network (1 level, 3 classes).
@@ -128,7 +94,7 @@ void expect_same_final_state(const fs::path& reference_run, const fs::path& resu
 class ResumeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir("suite");
+    dir_ = new TempDir("resume_suite");
     scaffold::write_file_atomic(dir_->path() / "tiny3.yml", tiny_config(3));
     scaffold::write_file_atomic(dir_->path() / "tiny2.yml", tiny_config(2));
     const CommandResult reference = run_in(dir_->path(), scaffold_command("benchmark -c tiny3.yml --base-run-dir reference"));
@@ -258,7 +224,7 @@ TEST_F(ResumeTest, RunDirWithoutCheckpointIsAnError) {
   fs::copy_file(*reference_run_ / "config.yaml", empty_run / "config.yaml");
   const CommandResult resumed = run_in(dir_->path(), scaffold_command("benchmark --run-dir '" + empty_run.string() + "'"));
   EXPECT_EQ(resumed.exit_code, 2) << resumed.output;
-  EXPECT_NE(resumed.output.find("holds no checkpoint"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("contains no checkpoint"), std::string::npos) << resumed.output;
 }
 
 TEST_F(ResumeTest, SigintStopsCleanlyAndSaysHowToResume) {

@@ -170,7 +170,7 @@ void write_run_description(const fs::path& run_dir, const scaffold::Config& conf
 }
 
 // The newest directory `<base_run_dir>/<job_name>_YYYYmmdd-HHMMSS[-N]` that
-// holds a checkpoint; names sort by time because the timestamp is fixed-width.
+// contains a checkpoint; names sort by time because the timestamp is fixed-width.
 std::optional<fs::path> latest_resumable_run(const scaffold::Config& config) {
   std::error_code error;
   if (!fs::is_directory(config.base_run_dir, error)) {
@@ -243,7 +243,7 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
   }
   if (resume && !scaffold::has_checkpoint(run_dir / config.checkpoint_dir)) {
     throw scaffold::ConfigError(fmt::format(
-        "cannot resume {}: it holds no checkpoint in {}/ (checkpoint_interval was -1, or the run stopped before its "
+        "cannot resume {}: it contains no checkpoint in {}/ (checkpoint_interval was -1, or the run stopped before its "
         "first checkpoint); start a new run without --run-dir",
         run_dir.string(), config.checkpoint_dir));
   }

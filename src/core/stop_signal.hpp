@@ -1,6 +1,6 @@
-// Graceful stop on SIGINT and SIGTERM: the first signal only sets a flag that
+// Graceful stop on SIGINT and SIGTERM. The first signal only sets a flag that
 // long loops poll, so the work in progress (a checkpoint write, a file) is
-// finished; a second signal ends the process at once.
+// finished. A second signal ends the process at once.
 #pragma once
 
 namespace scaffold {

@@ -170,7 +170,7 @@ TrainingProgress load_checkpoint(const fs::path& path, UNet& model, torch::optim
         path.string(), config_id, identity.config_id));
   }
   if (model_signature != identity.model_signature) {
-    throw std::runtime_error(fmt::format("checkpoint {} holds a different network ({}) than this run builds ({}); "
+    throw std::runtime_error(fmt::format("checkpoint {} contains a different network ({}) than this run builds ({}); "
                                          "resume with the run's own config.yaml or start a new run",
                                          path.string(), model_signature, identity.model_signature));
   }

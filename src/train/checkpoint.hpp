@@ -69,7 +69,7 @@ std::optional<TrainingProgress> load_latest_checkpoint(const std::filesystem::pa
                                                        torch::optim::Optimizer& optimizer,
                                                        const CheckpointIdentity& identity);
 
-// True when `dir` holds checkpoint_last.pt or checkpoint_best.pt.
+// True when `dir` contains checkpoint_last.pt or checkpoint_best.pt.
 bool has_checkpoint(const std::filesystem::path& dir);
 
 // Decides when to write: checkpoint_last every `checkpoint_interval` epochs and

@@ -99,7 +99,7 @@ std::vector<EpochStats> read_train_stats(const fs::path& csv_path) {
       rows.push_back(row);
     } catch (const std::exception&) {
       throw std::runtime_error(
-          fmt::format("{}: line {} holds a value that is not a number: '{}'", csv_path.string(), line_number, line));
+          fmt::format("{}: line {} contains a value that is not a number: '{}'", csv_path.string(), line_number, line));
     }
   }
   return rows;

@@ -46,7 +46,7 @@ std::string format_stats_row(const EpochStats& row);
 
 // Writes restart.sh (executable): `<executable> benchmark -c <run_dir>/config.yaml
 // --restart --run-dir <run_dir>`, passing on its own arguments. config.yaml
-// already holds the merged files and command-line overrides.
+// already contains the merged files and command-line overrides.
 void write_restart_script(const std::filesystem::path& run_dir, const std::filesystem::path& executable);
 
 }  // namespace scaffold
