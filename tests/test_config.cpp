@@ -140,6 +140,7 @@ TEST(ConfigDefaults, MatchReferenceValues) {
 
   EXPECT_EQ(c.job_name, "benchmark");
   EXPECT_FALSE(c.async_save);
+  EXPECT_EQ(c.conv_backend, "libtorch");
 
   EXPECT_NO_THROW(validate(c));
 }

@@ -296,3 +296,38 @@ TEST_F(UNetTest, BackwardReachesEveryParameter) {
 }
 
 }  // namespace
+
+TEST(UNetBackends, OnednnMatchesLibtorch) {
+  torch::set_num_threads(2);
+
+  // Same seed, so both networks start from equal parameters.
+  torch::manual_seed(11);
+  scaffold::UNet libtorch_net(3, 4, 2, 8, scaffold::ConvBackend::libtorch);
+  torch::manual_seed(11);
+  scaffold::UNet onednn_net(3, 4, 2, 8, scaffold::ConvBackend::onednn);
+  const auto libtorch_params = libtorch_net->named_parameters();
+  const auto onednn_params = onednn_net->named_parameters();
+  ASSERT_EQ(libtorch_params.size(), onednn_params.size());
+  for (const auto& item : libtorch_params) {
+    ASSERT_NE(onednn_params.find(item.key()), nullptr) << item.key();
+    EXPECT_TRUE(torch::equal(item.value(), *onednn_params.find(item.key()))) << item.key();
+  }
+
+  // Forward and backward on a non-cubic batch of 2; fp32 tolerance relative
+  // to each tensor's largest magnitude.
+  const torch::Tensor x = torch::rand({2, 3, 8, 16, 12});
+  const torch::Tensor y_libtorch = libtorch_net->forward(x);
+  const torch::Tensor y_onednn = onednn_net->forward(x);
+  const double y_scale = y_libtorch.abs().max().item<double>();
+  EXPECT_LT((y_libtorch - y_onednn).abs().max().item<double>(), 1e-4 * y_scale);
+
+  (y_libtorch * y_libtorch).sum().backward();
+  (y_onednn * y_onednn).sum().backward();
+  for (const auto& item : libtorch_params) {
+    const torch::Tensor expected = item.value().grad();
+    const torch::Tensor actual = onednn_params.find(item.key())->grad();
+    ASSERT_TRUE(actual.defined()) << item.key();
+    const double scale = expected.abs().max().item<double>() + 1e-12;
+    EXPECT_LT((expected - actual).abs().max().item<double>(), 1e-3 * scale) << item.key();
+  }
+}

@@ -117,6 +117,7 @@ nlohmann::json result_json(const scaffold::Config& config, const scaffold::Datas
   json["scaffold_commit"] = scaffold::kGitCommit;
   json["libtorch_version"] = TORCH_VERSION;
   json["device"] = "cpu";
+  json["conv_backend"] = config.conv_backend;
   nlohmann::json epochs = nlohmann::json::array();
   for (const scaffold::EpochStats& row : result.history) {
     epochs.push_back({{"epoch", row.epoch},
@@ -363,6 +364,8 @@ int main(int argc, char** argv) {
   add_override(*benchmark, benchmark_overrides, "--T-0", "T_0", "Epochs in the first cosine cycle");
   add_override(*benchmark, benchmark_overrides, "--T-mult", "T_mult", "Cosine cycle growth factor");
   add_override(*benchmark, benchmark_overrides, "--target-dice", "target_dice", "Validation Dice to reach");
+  add_override(*benchmark, benchmark_overrides, "--conv-backend", "conv_backend",
+               "CPU convolutions: libtorch (default) or onednn");
   add_override(*benchmark, benchmark_overrides, "--checkpoint-interval", "checkpoint_interval",
                "Checkpoint every N epochs (-1: never)");
   std::vector<OverrideOption> shard_overrides;

@@ -49,6 +49,7 @@ const std::vector<KeySpec>& key_specs() {
       {"checkpoint_interval", kUserFacing, &Config::checkpoint_interval},
       {"job_name", kUserFacing, &Config::job_name},
       {"async_save", kUserFacing, &Config::async_save},
+      {"conv_backend", kUserFacing, &Config::conv_backend},
 
       {"n_categories", kProblem, &Config::n_categories},
       {"n_instances_used_per_fractal", kProblem, &Config::n_instances_used_per_fractal},
@@ -673,6 +674,9 @@ void validate_run(const Config& c) {
   if (c.job_name.empty() || c.job_name.find('/') != std::string::npos || c.job_name == "." || c.job_name == "..") {
     reject("job_name", "job_name = '{}' is invalid: it names the run directory inside base_run_dir, so it must be "
            "a non-empty file name without '/'", c.job_name);
+  }
+  if (c.conv_backend != "onednn" && c.conv_backend != "libtorch") {
+    reject("conv_backend", "conv_backend = '{}' is invalid: it must be 'onednn' or 'libtorch'", c.conv_backend);
   }
   if (c.framework != "torch") {
     reject("framework", "framework = '{}' is invalid: it must be 'torch', the only supported framework",

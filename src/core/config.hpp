@@ -70,6 +70,12 @@ struct Config {
   std::string job_name = "benchmark";
   bool async_save = false;
 
+  // This implementation's own key: the CPU convolution implementation, "libtorch"
+  // (LibTorch's own kernels) or "onednn" (calls oneDNN directly).
+  // NOTE: "onednn" is about 4x faster per 16^3 convolution but not yet measured
+  // end to end, so LibTorch's path stays the default for now.
+  std::string conv_backend = "libtorch";
+
   bool operator==(const Config&) const = default;
 
   // Derived values. Files may contain them (a run directory's config.yaml does),

@@ -12,10 +12,6 @@ namespace {
 
 constexpr int kBaseWidth = 64;
 
-torch::nn::Conv3d make_conv3x3(int in_channels, int out_channels) {
-  return torch::nn::Conv3d(
-      torch::nn::Conv3dOptions(in_channels, out_channels, 3).padding(1).bias(false));
-}
 
 torch::nn::GroupNorm make_group_norm(int groups, int channels) {
   return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(1e-5).affine(true));
@@ -23,50 +19,51 @@ torch::nn::GroupNorm make_group_norm(int groups, int channels) {
 
 }  // namespace
 
-DoubleConvImpl::DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups) {
+DoubleConvImpl::DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend) {
   // In-place ReLU is safe here because GroupNorm's backward reads its input,
   // not its output, and it saves one activation-sized buffer per block.
-  double_conv_ = torch::nn::Sequential(
-      make_conv3x3(in_channels, out_channels), make_group_norm(group_norm_groups, out_channels),
-      torch::nn::ReLU(torch::nn::ReLUOptions(true)), make_conv3x3(out_channels, out_channels),
-      make_group_norm(group_norm_groups, out_channels), torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+  double_conv_->push_back(make_conv3d(in_channels, out_channels, 3, 1, false, backend));
+  double_conv_->push_back(make_group_norm(group_norm_groups, out_channels));
+  double_conv_->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+  double_conv_->push_back(make_conv3d(out_channels, out_channels, 3, 1, false, backend));
+  double_conv_->push_back(make_group_norm(group_norm_groups, out_channels));
+  double_conv_->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
   register_module("double_conv", double_conv_);
 }
 
 torch::Tensor DoubleConvImpl::forward(const torch::Tensor& x) { return double_conv_->forward(x); }
 
-DownImpl::DownImpl(int in_channels, int out_channels, int group_norm_groups) {
+DownImpl::DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend) {
   maxpool_conv_ = torch::nn::Sequential(torch::nn::MaxPool3d(torch::nn::MaxPool3dOptions(2).stride(2)),
-                                        DoubleConv(in_channels, out_channels, group_norm_groups));
+                                        DoubleConv(in_channels, out_channels, group_norm_groups, backend));
   register_module("maxpool_conv", maxpool_conv_);
 }
 
 torch::Tensor DownImpl::forward(const torch::Tensor& x) { return maxpool_conv_->forward(x); }
 
-UpImpl::UpImpl(int in_channels, int out_channels, int group_norm_groups) {
-  up_ = register_module(
-      "up", torch::nn::ConvTranspose3d(
-                torch::nn::ConvTranspose3dOptions(in_channels, in_channels / 2, 2).stride(2).bias(true)));
-  conv_ = register_module("conv", DoubleConv(in_channels, out_channels, group_norm_groups));
+UpImpl::UpImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend) {
+  up_ = make_conv_transpose3d(in_channels, in_channels / 2, true, backend);
+  register_module("up", up_.ptr());
+  conv_ = register_module("conv", DoubleConv(in_channels, out_channels, group_norm_groups, backend));
 }
 
 torch::Tensor UpImpl::forward(const torch::Tensor& deep, const torch::Tensor& skip) {
   // upsampled: [N, in/2, D, H, W], the same spatial size as skip because the
   // U-Net only accepts sizes divisible by 2^layers, so no padding is needed.
-  const torch::Tensor upsampled = up_->forward(deep);
+  const torch::Tensor upsampled = up_.forward(deep);
 
   // Skip connection first, matching the reference channel order.
   return conv_->forward(torch::cat({skip, upsampled}, 1));
 }
 
-OutConvImpl::OutConvImpl(int in_channels, int n_classes) {
-  conv_ = register_module("conv",
-                          torch::nn::Conv3d(torch::nn::Conv3dOptions(in_channels, n_classes, 1).bias(true)));
+OutConvImpl::OutConvImpl(int in_channels, int n_classes, ConvBackend backend) {
+  conv_ = make_conv3d(in_channels, n_classes, 1, 0, true, backend);
+  register_module("conv", conv_.ptr());
 }
 
-torch::Tensor OutConvImpl::forward(const torch::Tensor& x) { return conv_->forward(x); }
+torch::Tensor OutConvImpl::forward(const torch::Tensor& x) { return conv_.forward(x); }
 
-UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups)
+UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups, ConvBackend backend)
     : in_channels_(in_channels), n_classes_(n_classes), layers_(layers) {
   if (layers < 1) {
     throw std::invalid_argument(fmt::format(
@@ -88,18 +85,18 @@ UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_gr
 
   // Register in the reference order (inc, down1.., up1.., outc) so that
   // parameters() lists tensors in the same order as the reference state dict.
-  inc_ = register_module("inc", DoubleConv(in_channels, kBaseWidth, group_norm_groups));
+  inc_ = register_module("inc", DoubleConv(in_channels, kBaseWidth, group_norm_groups, backend));
   for (int i = 0; i < layers; ++i) {
     const int width = kBaseWidth << i;
     downs_.push_back(register_module(fmt::format("down{}", i + 1),
-                                     Down(width, 2 * width, group_norm_groups)));
+                                     Down(width, 2 * width, group_norm_groups, backend)));
   }
   for (int i = 0; i < layers; ++i) {
     const int deep_width = kBaseWidth << (layers - i);
     ups_.push_back(register_module(fmt::format("up{}", i + 1),
-                                   Up(deep_width, deep_width / 2, group_norm_groups)));
+                                   Up(deep_width, deep_width / 2, group_norm_groups, backend)));
   }
-  outc_ = register_module("outc", OutConv(kBaseWidth, n_classes));
+  outc_ = register_module("outc", OutConv(kBaseWidth, n_classes, backend));
 }
 
 void UNetImpl::check_input(const torch::Tensor& x) const {

@@ -14,12 +14,15 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/pimpl.h>
 
+#include "nn/onednn_conv.hpp"
+
 namespace scaffold {
 
 // Conv3d(k3, p1, no bias) -> GroupNorm -> ReLU, twice.
 class DoubleConvImpl : public torch::nn::Module {
  public:
-  DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups);
+  DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups,
+                 ConvBackend backend = ConvBackend::libtorch);
 
   // x: [N, in_channels, D, H, W] -> [N, out_channels, D, H, W]
   torch::Tensor forward(const torch::Tensor& x);
@@ -35,7 +38,7 @@ TORCH_MODULE(DoubleConv);
 // MaxPool3d(2) -> DoubleConv: halves each spatial size.
 class DownImpl : public torch::nn::Module {
  public:
-  DownImpl(int in_channels, int out_channels, int group_norm_groups);
+  DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend = ConvBackend::libtorch);
 
   // x: [N, in_channels, D, H, W] -> [N, out_channels, D/2, H/2, W/2]
   torch::Tensor forward(const torch::Tensor& x);
@@ -49,14 +52,14 @@ TORCH_MODULE(Down);
 // DoubleConv(in -> out) on the channel concatenation [skip, upsampled].
 class UpImpl : public torch::nn::Module {
  public:
-  UpImpl(int in_channels, int out_channels, int group_norm_groups);
+  UpImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend = ConvBackend::libtorch);
 
   // deep: [N, in_channels, D/2, H/2, W/2], skip: [N, in_channels/2, D, H, W]
   // -> [N, out_channels, D, H, W]
   torch::Tensor forward(const torch::Tensor& deep, const torch::Tensor& skip);
 
  private:
-  torch::nn::ConvTranspose3d up_{nullptr};
+  torch::nn::AnyModule up_;  // ConvTranspose3d on the chosen backend
   DoubleConv conv_{nullptr};
 };
 TORCH_MODULE(Up);
@@ -64,12 +67,12 @@ TORCH_MODULE(Up);
 // 1x1x1 convolution with bias from 64 channels to the class logits.
 class OutConvImpl : public torch::nn::Module {
  public:
-  OutConvImpl(int in_channels, int n_classes);
+  OutConvImpl(int in_channels, int n_classes, ConvBackend backend = ConvBackend::libtorch);
 
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
-  torch::nn::Conv3d conv_{nullptr};
+  torch::nn::AnyModule conv_;  // Conv3d on the chosen backend
 };
 TORCH_MODULE(OutConv);
 
@@ -79,8 +82,11 @@ TORCH_MODULE(OutConv);
 class UNetImpl : public torch::nn::Module {
  public:
   // Throws std::invalid_argument when layers < 1, a channel count is < 1, or
-  // group_norm_groups does not divide the base width 64.
-  UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups);
+  // group_norm_groups does not divide the base width 64. `backend` selects the
+  // convolution implementation; parameter names and initial values are the
+  // same for both.
+  UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups,
+           ConvBackend backend = ConvBackend::libtorch);
 
   // x: [N, in_channels, D, H, W] float32 -> logits [N, n_classes, D, H, W].
   // Throws std::invalid_argument unless D, H and W are positive multiples of

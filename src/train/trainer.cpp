@@ -269,8 +269,10 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
 
   // Model, seeded so that initial weights depend only on the seed.
   torch::manual_seed(static_cast<std::uint64_t>(config.seed));
-  UNet model(3, dataset.n_classes, config.unet_layers(), config.group_norm_groups);
+  const ConvBackend backend = config.conv_backend == "libtorch" ? ConvBackend::libtorch : ConvBackend::onednn;
+  UNet model(3, dataset.n_classes, config.unet_layers(), config.group_norm_groups, backend);
   result.parameter_count = count_parameters(model);
+  spdlog::info("convolutions: {}", config.conv_backend == "libtorch" ? "LibTorch's own kernels" : "oneDNN, called directly");
   spdlog::info("U-Net: {} levels, {} classes, {} parameters, volume {}^3, {} training / {} validation volumes",
                config.unet_layers(), dataset.n_classes, result.parameter_count, dataset.vol_size,
                dataset.train_ids.size(), dataset.val_ids.size());
