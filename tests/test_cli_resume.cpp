@@ -281,3 +281,18 @@ TEST_F(ResumeTest, TrainFromScratchZeroContinuesNewestRun) {
   for ([[maybe_unused]] const auto& entry : fs::directory_iterator(base)) ++runs;
   EXPECT_EQ(runs, 2u) << "a new run directory was created";
 }
+
+TEST_F(ResumeTest, StatsWithMissingColumnsAreRewritten) {
+  const fs::path copy = dir_->path() / "columns_run";
+  fs::remove_all(copy);
+  fs::copy(*reference_run_, copy, fs::copy_options::recursive);
+  scaffold::write_file_atomic(copy / "train_stats.csv", std::string_view("epoch,epoch_loss\n1,0.5\n"));
+
+  const CommandResult resumed =
+      run_in(dir_->path(), scaffold_command("benchmark --run-dir '" + copy.string() + "' --target-dice 0.01"));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("train_stats.csv"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("rewriting it from the checkpoint"), std::string::npos) << resumed.output;
+  EXPECT_EQ(stats_without_durations(copy / "train_stats.csv"),
+            stats_without_durations(*reference_run_ / "train_stats.csv"));
+}
