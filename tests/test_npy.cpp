@@ -383,7 +383,7 @@ TEST_F(NpyTest, CheckedReadRejectsMismatch) {
     read_npy_checked(path, DType::kFloat32, {-1, 4});
     ADD_FAILURE() << "expected NpyError for the extent";
   } catch (const NpyError& error) {
-    EXPECT_NE(std::string(error.what()).find("shape is (2, 3), expected (-1, 4)"), std::string::npos)
+    EXPECT_NE(std::string(error.what()).find("shape is (2, 3), expected (any, 4)"), std::string::npos)
         << error.what();
   }
   EXPECT_THROW(read_npy_checked(path, DType::kFloat32, {6}), NpyError);

@@ -24,7 +24,8 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
   std::string text = "(";
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (i > 0) text += ", ";
-    text += std::to_string(shape[i]);
+    // -1 in an expected shape matches any extent.
+    text += shape[i] == -1 ? std::string("any") : std::to_string(shape[i]);
   }
   // A one-element tuple needs its trailing comma in Python syntax.
   if (shape.size() == 1) text += ",";
@@ -383,7 +384,7 @@ void check_dtype_and_shape(const std::filesystem::path& path, const NpyHeader& h
     if (shape[i] != -1 && shape[i] != header.shape[i]) shape_matches = false;
   }
   if (!shape_matches) {
-    fail(path, "shape is " + shape_string(header.shape) + ", expected " + shape_string(shape) + " (-1: any extent)");
+    fail(path, "shape is " + shape_string(header.shape) + ", expected " + shape_string(shape));
   }
 }
 
