@@ -303,7 +303,7 @@ int main(int argc, char** argv) {
   int datagen_batch_size = 10000;
   generate->add_option("-c,--config", generate_configs, "YAML config file(s), merged in order")->required();
   generate->add_option("--datagen-batch-size", datagen_batch_size, "Candidate IFS attempts per search round")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1 << 30));
   std::vector<OverrideOption> generate_overrides;
   generate_overrides.reserve(8);
   add_override(*generate, generate_overrides, "--problem-scale", "problem_scale", "Volume edge is 2^scale voxels");
