@@ -231,3 +231,28 @@ TEST(EndToEnd, OnednnBackendTrainsAnEpoch) {
   EXPECT_EQ(json["epochs"].get<int>(), 1);
   EXPECT_TRUE(std::isfinite(json["final_val_dice"].get<double>()));
 }
+
+TEST(EndToEnd, WarmupLeavesTrainingUnchanged) {
+  // Warmup trains on real batches, then restores the model, so the epoch
+  // statistics must match a run without warmup exactly (wall time aside).
+  TempDir dir("e2e_warmup");
+  scaffold::write_file_atomic(dir.path() / "cfg.yml",
+                              std::string_view("problem_scale: 4\nunet_bottleneck_dim: 3\nn_categories: 1\n"
+                                               "n_instances_used_per_fractal: 30\nepochs: 1\nmore_determinism: 1\n"));
+  std::vector<std::string> stats;
+  for (const char* warmup : {"0", "3"}) {
+    const std::string base = std::string("runs_") + warmup;
+    const CommandResult result =
+        run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --warmup-batches " + std::string(warmup) +
+                                            " --base-run-dir " + base));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    std::string rows;
+    for (scaffold::EpochStats row : scaffold::read_train_stats(only_run_dir(dir.path() / base) / "train_stats.csv")) {
+      row.epoch_duration = 0;
+      rows += scaffold::format_stats_row(row) + "\n";
+    }
+    stats.push_back(rows);
+  }
+  EXPECT_EQ(stats[0], stats[1]);
+  EXPECT_FALSE(stats[0].empty());
+}

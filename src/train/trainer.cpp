@@ -159,7 +159,8 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
   }
   const Clock::time_point start = Clock::now();
 
-  // Snapshot every parameter and buffer.
+  // Snapshot every parameter and buffer, and the torch CPU generator.
+  const torch::Tensor generator_state = at::detail::getDefaultCPUGenerator().get_state();
   std::vector<torch::Tensor> saved;
   {
     torch::NoGradGuard no_grad;
@@ -176,18 +177,20 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
   const std::vector<int> order = epoch_order(dataset.train_ids, static_cast<std::uint64_t>(config.seed), 0);
   const int batch_size = config.local_batch_size;
   int steps = 0;
+  int samples = 0;
   for (std::size_t begin = 0; begin + static_cast<std::size_t>(batch_size) <= order.size() &&
                               steps < config.warmup_batches;
        begin += static_cast<std::size_t>(batch_size), ++steps) {
     const std::vector<int> ids(order.begin() + static_cast<std::ptrdiff_t>(begin),
                                order.begin() + static_cast<std::ptrdiff_t>(begin) + batch_size);
     train_step(model, *optimizer, read_batch(dataset, Split::kTraining, ids), class_weights);
+    samples += batch_size;
   }
   const std::size_t ragged = order.size() % static_cast<std::size_t>(batch_size);
   if (ragged != 0) {
     const std::vector<int> ids(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(ragged));
     train_step(model, *optimizer, read_batch(dataset, Split::kTraining, ids), class_weights);
-    ++steps;
+    samples += static_cast<int>(ragged);
   }
 
   const ValidationOutput validation = run_validation(model, config, dataset, class_weights, config.warmup_batches);
@@ -204,7 +207,9 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
       tensor.copy_(saved[i++]);
     }
   }
-  spdlog::info("warmup: {} training and {} validation samples in {:.2f} s (state restored)", steps * batch_size,
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(generator_state);
+  spdlog::info("warmup: {} training and {} validation samples in {:.2f} s (state restored)", samples,
                validation.samples, seconds_since(start));
 }
 
