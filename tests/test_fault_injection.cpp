@@ -218,7 +218,7 @@ TEST_F(FaultTest, KillBeforeRenameLeavesCompleteTemporary) {
   });
   ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status;
 
-  // The final name never appears; the temporary file holds all the data.
+  // The final name never appears, and the temporary file contains all the data.
   EXPECT_FALSE(fs::exists(path));
   const std::vector<std::string> names = entries();
   ASSERT_EQ(names.size(), 1u);

@@ -509,7 +509,8 @@ TEST_F(RobustTest, TwoConcurrentDatasetBuildsMakeOneDataset) {
   for (const pid_t child : children) {
     int status = 0;
     ::waitpid(child, &status, 0);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+    ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "status " << status;
   }
   EXPECT_EQ(dataset_dirs(config_path).size(), 1u) << "both processes built the dataset";
   EXPECT_EQ(leftovers(root_ / "shared"), std::vector<std::string>{});

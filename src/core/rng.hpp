@@ -7,7 +7,7 @@
 
 namespace scaffold {
 
-// What a stream of random numbers is for. Two purposes never share a stream.
+// Use of a stream of random numbers. Two purposes never share a stream.
 enum class RngPurpose : std::uint32_t {
   kClassParams = 1,      // item: candidate attempt index
   kClassPoints = 2,      // item: candidate attempt index

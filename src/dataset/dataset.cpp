@@ -160,7 +160,7 @@ T meta_value(const YAML::Node& node, const std::string& key, const fs::path& met
   }
 }
 
-// Why a dataset directory cannot be reused. `broken` marks a dataset made for
+// Reason a dataset directory cannot be reused. `broken` marks a dataset made for
 // this config with a damaged or missing file, which is worth a warning.
 // Otherwise the dataset belongs to another config, version or commit.
 struct ReuseDefect {

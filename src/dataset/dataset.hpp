@@ -58,9 +58,10 @@ std::string dataset_config_id(const Config& config);
 // other ranks open_dataset the returned directory after a barrier.
 DatasetInfo ensure_dataset(const Config& config);
 
-// Opens an existing dataset directory (reads meta.yaml, lists ids); throws
-// DatasetError naming the file when something is missing or inconsistent,
-// including a volume that meta.yaml's n_volumes counts but neither split holds.
+// Opens an existing dataset directory: reads meta.yaml and lists the ids.
+// Throws DatasetError naming the file when something is missing or
+// inconsistent, such as a volume that meta.yaml's n_volumes counts but that
+// neither split contains.
 DatasetInfo open_dataset(const std::filesystem::path& dir);
 
 std::filesystem::path volume_path(const DatasetInfo& info, Split split, int volume_index);

@@ -37,7 +37,7 @@ void generate_fractal_library(const Config& config, int batch_size = 10000);
 Ifs read_class_csv(const std::filesystem::path& path);
 
 // Reads one instance (float32 [N, 3]); throws naming the file when it has the
-// wrong dtype or shape, or holds a non-finite coordinate.
+// wrong dtype or shape, or contains a non-finite coordinate.
 std::vector<float> read_instance(const std::filesystem::path& path, std::int64_t expected_points);
 
 }  // namespace scaffold

@@ -1,8 +1,8 @@
 // Training checkpoints: checkpoint_last.pt and checkpoint_best.pt in
-// <run_dir>/<checkpoint_dir>/. Each is one LibTorch archive holding the model,
+// <run_dir>/<checkpoint_dir>/. Each is one LibTorch archive with the model,
 // the optimizer, the schedule position, the torch CPU generator state, the
-// counters and the per-epoch history, written to a temporary file, synced and
-// renamed, so a kill at any instant leaves the old or the new file whole.
+// counters and the per-epoch history. It is written to a temporary file, synced
+// and renamed, so a kill at any instant leaves the old or the new file whole.
 #pragma once
 
 #include <cstdint>
@@ -40,8 +40,8 @@ struct TrainingProgress {
   std::vector<double> epoch_median_step_s;
 };
 
-// What a checkpoint must match to be loaded into this run: the dataset config
-// id and the network's shape.
+// Identity that a checkpoint must match to be loaded into this run: the dataset
+// config id and the network's shape.
 struct CheckpointIdentity {
   std::string config_id;
   std::string model_signature;  // e.g. "unet layers=2 classes=4 groups=8 params=5423108"
