@@ -22,6 +22,8 @@
 #include "core/logging.hpp"
 #include "core/stop_signal.hpp"
 #include "dataset/dataset.hpp"
+#include "dist/launch.hpp"
+#include "dist/process_group.hpp"
 #include "fractal/library.hpp"
 #include "scaffold/version.hpp"
 #include "train/checkpoint.hpp"
@@ -108,7 +110,9 @@ nlohmann::json result_json(const scaffold::Config& config, const scaffold::Datas
   json["unet_layers"] = config.unet_layers();
   json["n_categories"] = config.n_categories;
   json["local_batch_size"] = config.local_batch_size;
-  json["world_size"] = 1;
+  json["world_size"] = result.world_size;
+  json["global_batch_size"] = config.local_batch_size * result.world_size;
+  json["comm_wait_s"] = result.comm_wait_s;
   json["compute_threads"] = result.compute_threads;
   json["dataset_dir"] = dataset.dir.string();
   json["config_id"] = dataset.config_id;
@@ -131,12 +135,82 @@ nlohmann::json result_json(const scaffold::Config& config, const scaffold::Datas
   return json;
 }
 
+// The process group as data generation sees it.
+scaffold::RankShare rank_share(scaffold::ProcessGroup& group) {
+  scaffold::RankShare share;
+  share.rank = group.rank();
+  share.size = group.size();
+  share.sum = [&group](std::int64_t* values, std::size_t count) { group.all_reduce_sum(values, count); };
+  share.broadcast = [&group](std::string& text) { group.broadcast(text, 0); };
+  return share;
+}
+
 int run_generate(const std::vector<std::string>& config_files, const scaffold::ConfigOverrides& overrides,
-                 int batch_size) {
+                 int batch_size, scaffold::ProcessGroup& group) {
   std::vector<fs::path> files(config_files.begin(), config_files.end());
-  const scaffold::Config config = scaffold::load_config(files, overrides);
-  scaffold::generate_fractal_library(config, batch_size);
+  const scaffold::Config config = scaffold::collective_try_typed(group, "reading the config", [&] {
+    return scaffold::load_config(files, overrides);
+  });
+  // Generation makes collective calls of its own, so an error on one rank
+  // cannot reach consensus: it ends the job through main's handler.
+  scaffold::generate_fractal_library(config, batch_size, rank_share(group));
   return 0;
+}
+
+int run_generate_dataset(const std::vector<std::string>& config_files, const scaffold::ConfigOverrides& overrides,
+                         scaffold::ProcessGroup& group) {
+  const std::vector<fs::path> files(config_files.begin(), config_files.end());
+  const scaffold::Config config = scaffold::collective_try_typed(group, "reading the config", [&] {
+    return scaffold::load_config(files, overrides);
+  });
+  const scaffold::DatasetInfo dataset = scaffold::ensure_dataset(config, rank_share(group));
+  spdlog::info("dataset ready: {}", dataset.dir.string());
+  return 0;
+}
+
+// The launcher command that restarts a job of `world_size` ranks, guessed from
+// the environment: srun under Slurm, flux run under Flux, otherwise mpiexec.
+std::vector<std::string> restart_launcher(int world_size) {
+  if (world_size <= 1) {
+    return {};
+  }
+  const std::string ranks = std::to_string(world_size);
+  if (std::getenv("SLURM_JOB_ID") != nullptr) {
+    return {"srun", "-n", ranks};
+  }
+  if (std::getenv("FLUX_JOB_ID") != nullptr) {
+    return {"flux", "run", "-n", ranks};
+  }
+  return {"mpiexec", "-n", ranks};
+}
+
+// All ranks build or find the dataset together, then check that they see the
+// same config id and dataset manifest.
+scaffold::DatasetInfo shared_dataset(const scaffold::Config& config, scaffold::ProcessGroup& group) {
+  const scaffold::DatasetInfo dataset = scaffold::ensure_dataset(config, rank_share(group));
+  const std::string manifest = scaffold::collective_try_typed(group, "reading the dataset manifest", [&] {
+    return scaffold::dataset_manifest_hash(dataset);
+  });
+  if (group.size() == 1) {
+    return dataset;
+  }
+
+  // Every rank compares every rank's values, so all ranks reach the same verdict.
+  const std::string local = scaffold::dataset_config_id(config) + " " + manifest;
+  const std::vector<std::string> all = group.all_gather(local);
+  for (std::size_t r = 1; r < all.size(); ++r) {
+    if (all[r] != all[0]) {
+      throw scaffold::DistributedError(
+          "checking that all ranks see the same config and dataset",
+          {{static_cast<int>(r), fmt::format("rank 0 has config id and dataset manifest hash '{}', but rank {} has '{}'; "
+                                             "give every rank the same config files and the same dataset_dir",
+                                             all[0], r, all[r])}},
+          group.size());
+    }
+  }
+  spdlog::info("all {} ranks use config {} and dataset manifest {}", group.size(), dataset.config_id,
+               manifest.substr(0, 12));
+  return dataset;
 }
 
 fs::path executable_path(const char* argv0) {
@@ -148,7 +222,8 @@ fs::path executable_path(const char* argv0) {
 // Writes the files that describe a new run: the merged config, copies of the
 // input files, the overrides and restart.sh.
 void write_run_description(const fs::path& run_dir, const scaffold::Config& config, const std::vector<fs::path>& files,
-                           const scaffold::ConfigOverrides& overrides, const fs::path& executable) {
+                           const scaffold::ConfigOverrides& overrides, const fs::path& executable,
+                           const std::vector<std::string>& launcher) {
   scaffold::write_file_atomic(run_dir / "config.yaml", scaffold::to_yaml(config));
 
   // Copies of the input files under their own names, unless a name is taken by
@@ -167,7 +242,7 @@ void write_run_description(const fs::path& run_dir, const scaffold::Config& conf
     overrides_text += fmt::format("{}: {}\n", key, value);
   }
   scaffold::write_file_atomic(run_dir / "overrides.yaml", overrides_text.empty() ? "{}\n" : overrides_text);
-  scaffold::write_restart_script(run_dir, executable);
+  scaffold::write_restart_script(run_dir, executable, launcher);
 }
 
 // The newest directory `<base_run_dir>/<job_name>_YYYYmmdd-HHMMSS[-N]` that
@@ -191,8 +266,17 @@ std::optional<fs::path> latest_resumable_run(const scaffold::Config& config) {
   return *std::max_element(candidates.begin(), candidates.end());
 }
 
-int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigOverrides& overrides,
-                  const fs::path& executable, bool restart, const std::string& run_dir_arg) {
+// The checks and decisions before training: the merged config, whether to
+// resume and which run directory to use.
+struct BenchmarkStart {
+  scaffold::Config config;
+  std::vector<fs::path> files;
+  fs::path run_dir;
+  bool resume = false;
+};
+
+BenchmarkStart prepare_benchmark(std::vector<std::string> config_files, const scaffold::ConfigOverrides& overrides,
+                                 bool restart, const std::string& run_dir_arg, bool is_root) {
   // --run-dir resumes that run (with or without --restart); --restart alone has nothing to resume.
   if (restart && run_dir_arg.empty()) {
     throw scaffold::ConfigError("--restart needs --run-dir DIR naming the run directory to resume");
@@ -214,8 +298,9 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
   std::vector<fs::path> files(config_files.begin(), config_files.end());
   scaffold::Config config = scaffold::load_config(files, overrides);
 
-  // train_from_scratch: 0 continues the newest run of this job that has a checkpoint.
-  if (!resume && !config.train_from_scratch) {
+  // train_from_scratch: 0 continues the newest run of this job that has a
+  // checkpoint; rank 0 decides and the caller broadcasts its choice.
+  if (!resume && !config.train_from_scratch && is_root) {
     if (const std::optional<fs::path> latest = latest_resumable_run(config)) {
       spdlog::info("train_from_scratch is 0: continuing the newest run with a checkpoint, {}", latest->string());
       run_dir = *latest;
@@ -242,37 +327,64 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
     // Resuming only makes sense with checkpoints; keep writing them from here on.
     config.checkpoint_interval = 1;
   }
-  if (resume && !scaffold::has_checkpoint(run_dir / config.checkpoint_dir)) {
+  if (resume && is_root && !scaffold::has_checkpoint(run_dir / config.checkpoint_dir)) {
     throw scaffold::ConfigError(fmt::format(
         "cannot resume {}: it contains no checkpoint in {}/ (checkpoint_interval was -1, or the run stopped before its "
         "first checkpoint); start a new run without --run-dir",
         run_dir.string(), config.checkpoint_dir));
   }
-  spdlog::info("scaffold {} ({}), LibTorch {}, host {}", scaffold::kVersion, scaffold::kGitCommit, TORCH_VERSION,
-               host_name());
+  return {config, files, run_dir, resume};
+}
+
+int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigOverrides& overrides,
+                  const fs::path& executable, bool restart, const std::string& run_dir_arg,
+                  scaffold::ProcessGroup& group) {
+  const bool root = group.is_root();
+  BenchmarkStart start = scaffold::collective_try_typed(group, "reading the config", [&] {
+    return prepare_benchmark(config_files, overrides, restart, run_dir_arg, root);
+  });
+  scaffold::Config& config = start.config;
+  spdlog::info("scaffold {} ({}), LibTorch {}, host {}, {} rank{}", scaffold::kVersion, scaffold::kGitCommit,
+               TORCH_VERSION, host_name(), group.size(), group.size() == 1 ? "" : "s");
   spdlog::info("problem_scale={} vol_size={} unet_layers={} n_categories={} point_num={}", config.problem_scale,
                config.vol_size(), config.unet_layers(), config.n_categories, config.point_num());
 
   // The run directory first, so a bad base_run_dir fails before any data is
-  // generated; then the dataset (built when missing).
-  if (!resume) {
-    try {
-      run_dir = scaffold::create_run_dir(config);
-    } catch (const scaffold::IoError& error) {
-      throw scaffold::ConfigError(fmt::format("base_run_dir = '{}' is unusable: {}; choose a writable directory",
-                                              config.base_run_dir, error.what()));
+  // generated; then the dataset (built when missing). Rank 0 decides and
+  // writes; the other ranks learn the directory from it.
+  std::optional<scaffold::FileLock> run_lock;
+  std::string run_dir_text = scaffold::collective_try_typed(group, "creating the run directory", [&] {
+    if (!root) {
+      return std::string();
     }
-    write_run_description(run_dir, config, files, overrides, executable);
+    if (!start.resume) {
+      try {
+        start.run_dir = scaffold::create_run_dir(config);
+      } catch (const scaffold::IoError& error) {
+        throw scaffold::ConfigError(fmt::format("base_run_dir = '{}' is unusable: {}; choose a writable directory",
+                                                config.base_run_dir, error.what()));
+      }
+      write_run_description(start.run_dir, config, start.files, overrides, executable,
+                            restart_launcher(group.size()));
+    }
+    // One job at a time per run directory: a second resume waits here.
+    run_lock.emplace(start.run_dir / ".lock", "training in this run directory");
+    return (start.resume ? "1" : "0") + start.run_dir.string();
+  });
+  group.broadcast(run_dir_text, 0);
+  start.resume = run_dir_text[0] == '1';
+  start.run_dir = run_dir_text.substr(1);
+  if (start.resume && config.checkpoint_interval <= 0) {
+    config.checkpoint_interval = 1;
   }
+  const fs::path& run_dir = start.run_dir;
   spdlog::info("run directory: {}", run_dir.string());
 
-  // One process at a time per run directory: a second resume waits here.
-  const scaffold::FileLock run_lock(run_dir / ".lock", "training in this run directory");
-  const scaffold::DatasetInfo dataset = scaffold::ensure_dataset(config);
+  const scaffold::DatasetInfo dataset = shared_dataset(config, group);
 
   scaffold::TrainingResult result;
   try {
-    result = scaffold::train_unet(config, dataset, run_dir, resume);
+    result = scaffold::train_unet(config, dataset, run_dir, start.resume, group);
   } catch (const scaffold::StopRequested& stop) {
     spdlog::warn("stopped by {}; the last checkpoint is intact. Resume with: {}", scaffold::stop_signal_name(stop.signal_number),
                  (run_dir / "restart.sh").string());
@@ -281,7 +393,9 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
     }
     return 128 + stop.signal_number;
   }
-  scaffold::write_file_atomic(run_dir / "result.json", result_json(config, dataset, result).dump(2) + "\n");
+  if (root) {
+    scaffold::write_file_atomic(run_dir / "result.json", result_json(config, dataset, result).dump(2) + "\n");
+  }
   log_figure_of_merit(config, result);
   spdlog::info("results in {}", run_dir.string());
   return result.converged || config.epochs != -1 ? 0 : 1;
@@ -380,18 +494,35 @@ int main(int argc, char** argv) {
   const scaffold::Verbosity verbosity =
       quiet ? scaffold::Verbosity::kQuiet : (verbose > 0 ? scaffold::Verbosity::kDebug : scaffold::Verbosity::kNormal);
   scaffold::setup_logging(verbosity, 0);
+
+  // MPI starts only when a launcher started this process, so a plain start
+  // needs no MPI runtime. A launch that contradicts MPI's world ends here,
+  // before any file is written.
+  std::unique_ptr<scaffold::ProcessGroup> group;
+  try {
+    const scaffold::LaunchInfo launch = scaffold::discover_launch();
+    group = launch.rank || launch.size ? scaffold::ProcessGroup::init(&argc, &argv)
+                                       : scaffold::ProcessGroup::create_local();
+  } catch (const std::exception& error) {
+    spdlog::error("{}", error.what());
+    return 1;
+  }
+  if (group->size() > 1) {
+    // Only rank 0 logs progress and warnings; the other ranks log errors (and
+    // everything with -v), so a large job does not repeat each line per rank.
+    scaffold::setup_logging(verbosity, group->rank());
+    if (!group->is_root() && verbosity != scaffold::Verbosity::kDebug) {
+      spdlog::set_level(spdlog::level::err);
+    }
+  }
   scaffold::install_stop_handlers();
 
   try {
     if (generate->parsed()) {
-      return run_generate(generate_configs, collect_overrides(generate_overrides), datagen_batch_size);
+      return run_generate(generate_configs, collect_overrides(generate_overrides), datagen_batch_size, *group);
     }
     if (generate_dataset->parsed()) {
-      const std::vector<fs::path> files(dataset_configs.begin(), dataset_configs.end());
-      const scaffold::DatasetInfo dataset =
-          scaffold::ensure_dataset(scaffold::load_config(files, collect_overrides(dataset_overrides)));
-      spdlog::info("dataset ready: {}", dataset.dir.string());
-      return 0;
+      return run_generate_dataset(dataset_configs, collect_overrides(dataset_overrides), *group);
     }
 
     scaffold::ConfigOverrides overrides = collect_overrides(benchmark_overrides);
@@ -401,11 +532,24 @@ int main(int argc, char** argv) {
             fmt::format("[{}, {}, {}]", list_storage[i][0], list_storage[i][1], list_storage[i][2]);
       }
     }
-    return run_benchmark(benchmark_configs, overrides, executable_path(argv[0]), restart, run_dir);
+    return run_benchmark(benchmark_configs, overrides, executable_path(argv[0]), restart, run_dir, *group);
+  } catch (const scaffold::DistributedError& error) {
+    // Every rank has this error, so the job can end normally.
+    if (group->is_root()) {
+      spdlog::error("{}", error.what());
+    }
+    return 1;
   } catch (const scaffold::ConfigError& error) {
+    if (group->size() > 1) {
+      group->abort(fmt::format("invalid configuration: {}", error.what()), 2);
+    }
     spdlog::error("invalid configuration: {}", error.what());
     return 2;
   } catch (const std::exception& error) {
+    // An error on one rank: the others may wait in a collective, so end the job.
+    if (group->size() > 1) {
+      group->abort(error.what(), 1);
+    }
     spdlog::error("{}", error.what());
     return 1;
   }

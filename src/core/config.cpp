@@ -50,6 +50,7 @@ const std::vector<KeySpec>& key_specs() {
       {"job_name", kUserFacing, &Config::job_name},
       {"async_save", kUserFacing, &Config::async_save},
       {"conv_backend", kUserFacing, &Config::conv_backend},
+      {"ddp_bucket_cap_mb", kUserFacing, &Config::ddp_bucket_cap_mb},
 
       {"n_categories", kProblem, &Config::n_categories},
       {"n_instances_used_per_fractal", kProblem, &Config::n_instances_used_per_fractal},
@@ -677,6 +678,9 @@ void validate_run(const Config& c) {
   }
   if (c.conv_backend != "onednn" && c.conv_backend != "libtorch") {
     reject("conv_backend", "conv_backend = '{}' is invalid: it must be 'onednn' or 'libtorch'", c.conv_backend);
+  }
+  if (!(c.ddp_bucket_cap_mb > 0.0) || c.ddp_bucket_cap_mb > 4096.0) {
+    reject("ddp_bucket_cap_mb", "ddp_bucket_cap_mb = {} is invalid: it must be in (0, 4096] MiB", c.ddp_bucket_cap_mb);
   }
   if (c.framework != "torch") {
     reject("framework", "framework = '{}' is invalid: it must be 'torch', the only supported framework",

@@ -76,6 +76,11 @@ struct Config {
   // end to end, so LibTorch's path stays the default for now.
   std::string conv_backend = "libtorch";
 
+  // This implementation's own key: the size in MiB of the gradient buckets that
+  // data-parallel training all-reduces while the backward pass is still running
+  // (the default of torch DDP's bucket_cap_mb).
+  double ddp_bucket_cap_mb = 25.0;
+
   bool operator==(const Config&) const = default;
 
   // Derived values. Files may contain them (a run directory's config.yaml does),

@@ -15,6 +15,12 @@
 //   instance_write  each instance .npy file, at the atomic_write position
 //   volume_write    each volume .npy file of a dataset, at the atomic_write position
 //   mask_write      each mask .npy file of a dataset, at the atomic_write position
+//
+// Fault points in training:
+//   sample_read       each volume read by load_sample, before the read; an errno
+//                     makes the read fail with IoError
+//   train_step        after each training step (SIGKILL only)
+//   checkpoint_write  each checkpoint file, at the atomic_write position
 #pragma once
 
 namespace scaffold {

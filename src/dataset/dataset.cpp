@@ -17,6 +17,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "core/atomic_file.hpp"
+#include "core/fault_injection.hpp"
 #include "core/file_lock.hpp"
 #include "core/hash.hpp"
 #include "core/npy.hpp"
@@ -312,34 +313,29 @@ std::string mask_values_yaml(const std::vector<int>& values) {
   return fmt::format("mask_values: {}\n", yaml_list(values));
 }
 
-// Writes the whole dataset into a staging directory under `root` and renames it
-// to <timestamp>__<commit>; returns the final path.
-fs::path build_dataset(const Config& config, const std::string& config_id, const VolumePlan& plan,
-                       const FractalLibraryPaths& library, const fs::path& root) {
-  const UtcTime created = utc_now();
+// A new staging directory ".tmp_<YYYYmmdd-HHMMSS>_<pid>_<8 hex>" under `root`.
+fs::path create_staging_dir(const fs::path& root, const UtcTime& created) {
   const fs::path staging = root / fmt::format(".tmp_{}_{}_{}", created.directory_stamp, getpid(), random_hex8());
   fs::create_directories(staging);
+  return staging;
+}
 
-  try {
-    // Volumes first, then the small files, meta.yaml last.
-    write_volume_files(config, plan, library, staging);
-    write_file_atomic(staging / "volumes_contents.csv", volumes_contents_csv(plan));
-    write_file_atomic(staging / "train_unique_mask_vals.yaml",
-                      mask_values_yaml(mask_values_present(plan, plan.train_ids)));
-    write_file_atomic(staging / "val_unique_mask_vals.yaml", mask_values_yaml(mask_values_present(plan, plan.val_ids)));
-    write_file_atomic(staging / "meta.yaml", meta_yaml_text(config, config_id, plan, created.iso));
+// Writes the small files into `staging`, meta.yaml last, and renames it to
+// <timestamp>__<commit>; returns the final path.
+fs::path finish_dataset(const Config& config, const std::string& config_id, const VolumePlan& plan,
+                        const fs::path& root, const fs::path& staging, const UtcTime& created) {
+  write_file_atomic(staging / "volumes_contents.csv", volumes_contents_csv(plan));
+  write_file_atomic(staging / "train_unique_mask_vals.yaml",
+                    mask_values_yaml(mask_values_present(plan, plan.train_ids)));
+  write_file_atomic(staging / "val_unique_mask_vals.yaml", mask_values_yaml(mask_values_present(plan, plan.val_ids)));
+  write_file_atomic(staging / "meta.yaml", meta_yaml_text(config, config_id, plan, created.iso));
 
-    // Two builds in the same second get -2, -3, ... which still sort newest last.
-    const std::string base_name = fmt::format("{}__{}", created.directory_stamp, kGitCommit);
-    fs::path final_dir = root / base_name;
-    for (int attempt = 2; fs::exists(final_dir); ++attempt) final_dir = root / fmt::format("{}-{}", base_name, attempt);
-    fs::rename(staging, final_dir);
-    return final_dir;
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+  // Two builds in the same second get -2, -3, ... which still sort newest last.
+  const std::string base_name = fmt::format("{}__{}", created.directory_stamp, kGitCommit);
+  fs::path final_dir = root / base_name;
+  for (int attempt = 2; fs::exists(final_dir); ++attempt) final_dir = root / fmt::format("{}-{}", base_name, attempt);
+  fs::rename(staging, final_dir);
+  return final_dir;
 }
 
 // Volume indices in one split directory, from names "<v>_shard000000.npy".
@@ -386,44 +382,75 @@ std::string dataset_config_json(const Config& config) { return config_subset(con
 
 std::string dataset_config_id(const Config& config) { return sha256_hex(dataset_config_json(config)).substr(0, 12); }
 
-DatasetInfo ensure_dataset(const Config& config) {
+DatasetInfo ensure_dataset(const Config& config, const RankShare& share) {
   check_dataset_config(config);
   const std::string config_id = dataset_config_id(config);
   const fs::path root = fs::path(config.dataset_dir) / config_id;
   const VolumePlan plan = plan_volumes(config);
-
-  // A finished dataset appears only by the rename of a complete staging
-  // directory, so it can be found and reused without the lock. Debris of killed
-  // builds goes when no builder runs right now.
-  if (const std::optional<fs::path> reusable = find_reusable_dataset(root, config, config_id, plan)) {
-    if (const std::optional<FileLock> lock = FileLock::try_acquire(root / kLockFileName)) {
-      remove_orphaned_staging(root, true);
-    }
-    spdlog::info("reusing dataset {}", reusable->string());
-    return open_dataset(*reusable);
-  }
-
-  // One builder at a time. A process that waited here finds the dataset that
-  // the other one built.
-  fs::create_directories(root);
-  const FileLock lock(root / kLockFileName, "building dataset " + root.string());
-  if (const std::optional<fs::path> reusable = find_reusable_dataset(root, config, config_id, plan)) {
-    spdlog::info("reusing dataset {}", reusable->string());
-    return open_dataset(*reusable);
-  }
-  remove_orphaned_staging(root, lock.held());
-
   const FractalLibraryPaths library = fractal_library_paths(config);
-  if (any_instance_missing(plan, library)) {
+
+  // Rank 0 decides: "R<dir>" reuses a dataset, "L" builds the fractal library
+  // and then the dataset, "B" builds only the dataset.
+  std::string decision;
+  std::optional<FileLock> lock;
+  if (share.is_root()) {
+    // A finished dataset appears only by the rename of a complete staging
+    // directory, so it can be found and reused without the lock. Debris of
+    // killed builds goes when no builder runs right now.
+    if (const std::optional<fs::path> reusable = find_reusable_dataset(root, config, config_id, plan)) {
+      if (const std::optional<FileLock> cleanup_lock = FileLock::try_acquire(root / kLockFileName)) {
+        remove_orphaned_staging(root, true);
+      }
+      decision = "R" + reusable->string();
+    } else {
+      // One builder at a time. A process that waited here finds the dataset
+      // that the other one built.
+      fs::create_directories(root);
+      lock.emplace(root / kLockFileName, "building dataset " + root.string());
+      if (const std::optional<fs::path> built = find_reusable_dataset(root, config, config_id, plan)) {
+        decision = "R" + built->string();
+      } else {
+        remove_orphaned_staging(root, lock->held());
+        decision = any_instance_missing(plan, library) ? "L" : "B";
+      }
+    }
+  }
+  share.broadcast_from_root(decision);
+  if (decision[0] == 'R') {
+    spdlog::info("reusing dataset {}", decision.substr(1));
+    return open_dataset(decision.substr(1));
+  }
+
+  if (decision[0] == 'L') {
     spdlog::info("fractal instances missing under {}; generating the fractal library", library.instances_dir.string());
-    generate_fractal_library(config);
+    generate_fractal_library(config, 10000, share);
   }
 
   spdlog::info("generating dataset {}: {} volumes ({} training, {} validation) of {}^3 voxels", config_id,
                plan.n_volumes(), plan.train_ids.size(), plan.val_ids.size(), config.vol_size());
-  const fs::path dir = build_dataset(config, config_id, plan, library, root);
-  spdlog::info("dataset written to {}", dir.string());
-  return open_dataset(dir);
+  const UtcTime created = utc_now();
+  std::string staging_text;
+  if (share.is_root()) staging_text = create_staging_dir(root, created).string();
+  share.broadcast_from_root(staging_text);
+  const fs::path staging = staging_text;
+
+  // Volumes on every rank, then the small files on rank 0. A failure on rank 0
+  // removes the staging directory; one on another rank ends the whole job.
+  std::string final_text;
+  try {
+    write_volume_files(config, plan, library, staging, share);
+    share.barrier();
+    if (share.is_root()) final_text = finish_dataset(config, config_id, plan, root, staging, created).string();
+  } catch (...) {
+    if (share.is_root()) {
+      std::error_code ignored;
+      fs::remove_all(staging, ignored);
+    }
+    throw;
+  }
+  share.broadcast_from_root(final_text);
+  spdlog::info("dataset written to {}", final_text);
+  return open_dataset(final_text);
 }
 
 DatasetInfo open_dataset(const fs::path& dir) {
@@ -502,6 +529,26 @@ DatasetInfo open_dataset(const fs::path& dir) {
   return info;
 }
 
+std::string dataset_manifest_hash(const DatasetInfo& info) {
+  std::string manifest;
+  for (const char* name : {"meta.yaml", "volumes_contents.csv"}) {
+    const fs::path path = info.dir / name;
+    try {
+      manifest += read_file(path);
+    } catch (const std::exception& error) {
+      throw DatasetError(fmt::format("dataset file {} cannot be read: {}", path.string(), error.what()));
+    }
+    manifest += '\0';
+  }
+  for (const std::vector<int>* ids : {&info.train_ids, &info.val_ids}) {
+    for (const int id : *ids) {
+      manifest += std::to_string(id) + ",";
+    }
+    manifest += '\0';
+  }
+  return sha256_hex(manifest);
+}
+
 fs::path volume_path(const DatasetInfo& info, Split split, int volume_index) {
   return volume_file(info.dir, split == Split::kValidation, volume_index);
 }
@@ -514,6 +561,9 @@ Sample load_sample(const DatasetInfo& info, Split split, int volume_index) {
   const std::int64_t g = info.vol_size;
   const fs::path volume_file_path = volume_path(info, split, volume_index);
   const fs::path mask_file_path = mask_path(info, split, volume_index);
+  if (const int injected_errno = fault_point("sample_read"); injected_errno != 0) {
+    throw IoError("reading", volume_file_path, injected_errno);
+  }
   const NpyArray volume = read_npy_checked(volume_file_path, DType::kFloat32, {3, g, g, g});
   const NpyArray mask = read_npy_checked(mask_file_path, DType::kUInt16, {g, g, g});
 

@@ -79,7 +79,7 @@ void write_one_volume(const Config& config, const VolumePlan& plan, const Fracta
 }  // namespace
 
 void write_volume_files(const Config& config, const VolumePlan& plan, const FractalLibraryPaths& library,
-                        const std::filesystem::path& dataset_dir) {
+                        const std::filesystem::path& dataset_dir, const RankShare& share) {
   for (const char* kind : {"volumes", "masks"}) {
     for (const char* split : {"training", "validation"}) std::filesystem::create_directories(dataset_dir / kind / split);
   }
@@ -99,7 +99,7 @@ void write_volume_files(const Config& config, const VolumePlan& plan, const Frac
 
 #pragma omp for schedule(dynamic, 1)
     for (int v = 0; v < n_volumes; ++v) {
-      if (failed.load(std::memory_order_relaxed)) continue;
+      if (!share.owns(v) || failed.load(std::memory_order_relaxed)) continue;
       try {
         write_one_volume(config, plan, library, dataset_dir, v, volume, mask);
       } catch (...) {

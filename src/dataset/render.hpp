@@ -38,7 +38,8 @@ std::filesystem::path mask_file(const std::filesystem::path& dataset_dir, bool v
 // volume starts, and the error of the lowest failing volume index is rethrown.
 // Fault points (core/fault_injection.hpp): "volume_write" for each volume file,
 // "mask_write" for each mask file.
+// With several ranks in `share`, each rank writes every size-th volume.
 void write_volume_files(const Config& config, const VolumePlan& plan, const FractalLibraryPaths& library,
-                        const std::filesystem::path& dataset_dir);
+                        const std::filesystem::path& dataset_dir, const RankShare& share = {});
 
 }  // namespace scaffold

@@ -200,4 +200,13 @@ auto collective_try(ProcessGroup& group, std::string_view phase, Body&& body) ->
   if constexpr (!std::is_void_v<Result>) return std::move(*result);
 }
 
+// Like collective_try, except that with one rank `body` runs directly and its
+// exception propagates unchanged, so a single-process run keeps the error types
+// (and the exit codes that depend on them).
+template <class Body>
+auto collective_try_typed(ProcessGroup& group, std::string_view phase, Body&& body) -> std::invoke_result_t<Body&> {
+  if (group.size() == 1) return body();
+  return collective_try(group, phase, body);
+}
+
 }  // namespace scaffold

@@ -306,7 +306,7 @@ void write_class_csv(const std::filesystem::path& path, const Ifs& ifs) {
 Ifs read_class_csv(const std::filesystem::path& path) { return parse_class_csv(read_file(path), path.string()); }
 
 std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const Config& config, int batch_size,
-                                ClassSearchStats* stats_out) {
+                                ClassSearchStats* stats_out, const RankShare& share) {
   const int n = config.n_categories;
   if (batch_size < 1) {
     throw std::invalid_argument("datagen batch size is " + std::to_string(batch_size) +
@@ -325,7 +325,7 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
                                 " rejects every cloud: a normalised axis variance is at most normalize^2; lower "
                                 "variance_threshold or raise normalize (> 0)");
   }
-  std::filesystem::create_directories(params_dir);
+  if (share.is_root()) std::filesystem::create_directories(params_dir);
 
   // 1. The classes already on disk.
   std::vector<std::optional<Ifs>> existing(static_cast<std::size_t>(n));
@@ -379,17 +379,34 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
     const std::uint64_t first = state.next_attempt;
 
     std::vector<ClassCandidate> candidates(count);
+    // 1 + the verdict of each candidate this rank evaluated, 0 for the others.
+    std::vector<std::int64_t> verdicts(count, 0);
     std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic)
     for (std::int64_t i = 0; i < static_cast<std::int64_t>(count); ++i) {
+      if (!share.owns(i)) continue;
       try {
         candidates[i] = evaluate_class_candidate(config, first + static_cast<std::uint64_t>(i));
+        verdicts[i] = 1 + static_cast<std::int64_t>(candidates[i].check.verdict);
       } catch (...) {
 #pragma omp critical(scaffold_class_search_error)
         if (!error) error = std::current_exception();
       }
     }
     if (error) std::rethrow_exception(error);
+
+    // Every rank learns every verdict. The parameters of a candidate that
+    // another rank evaluated come from its attempt's own random stream, which
+    // is cheap to replay; its point cloud is not needed again.
+    share.sum_in_place(verdicts.data(), verdicts.size());
+    for (std::size_t i = 0; i < count; ++i) {
+      if (share.owns(static_cast<std::int64_t>(i))) continue;
+      ClassCandidate& candidate = candidates[i];
+      candidate.attempt = first + i;
+      candidate.check.verdict = static_cast<CloudVerdict>(verdicts[i] - 1);
+      CounterRng params_rng(static_cast<std::uint64_t>(config.seed), RngPurpose::kClassParams, candidate.attempt);
+      candidate.ifs = random_ifs(params_rng);
+    }
 
     std::uint64_t next_attempt = first + count;
     for (const ClassCandidate& candidate : candidates) {
@@ -419,7 +436,7 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
         }
         classes.push_back(*existing[k]);
       } else {
-        write_class_csv(params_dir / class_csv_name(k), candidate.ifs);
+        if (share.is_root()) write_class_csv(params_dir / class_csv_name(k), candidate.ifs);
         classes.push_back(candidate.ifs);
         ++stats.written;
       }
@@ -431,7 +448,7 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
     // search goes on, so a resumed search evaluates exactly the same attempts.
     state.accepted = static_cast<int>(classes.size());
     state.next_attempt = next_attempt;
-    write_state(params_dir, state);
+    if (share.is_root()) write_state(params_dir, state);
 
     const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     const bool log_at_info = elapsed_s - last_progress_log_s >= kProgressLogInterval_s;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "core/rank_share.hpp"
 #include "fractal/ifs.hpp"
 
 namespace scaffold {
@@ -99,7 +100,10 @@ struct ClassSearchStats {
 // stream again from attempt 0. A CSV that already exists at the index a
 // candidate would take is kept in place of the candidate.
 // Throws when a CSV below n_categories is malformed, naming the file.
+// With several ranks in `share`, each rank evaluates every size-th candidate
+// of a round, the verdicts are summed over ranks, and every rank accepts the
+// same classes; only rank 0 writes files.
 std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const Config& config, int batch_size,
-                                ClassSearchStats* stats = nullptr);
+                                ClassSearchStats* stats = nullptr, const RankShare& share = {});
 
 }  // namespace scaffold

@@ -96,7 +96,7 @@ Instance make_instance(const Ifs& class_ifs, int category, int instance, std::ui
 }
 
 InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config& config,
-                                 const std::vector<Ifs>& classes) {
+                                 const std::vector<Ifs>& classes, const RankShare& share) {
   const auto started = std::chrono::steady_clock::now();
   const std::int64_t point_num = config.point_num();
   const auto seed = static_cast<std::uint64_t>(config.seed);
@@ -112,6 +112,7 @@ InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config&
 
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t item = 0; item < n_items; ++item) {
+    if (!share.owns(item)) continue;
     const int c = static_cast<int>(item / kInstancesPerClass);
     const int k = static_cast<int>(item % kInstancesPerClass);
     const std::filesystem::path path = instance_path(paths, c, k);
@@ -156,7 +157,9 @@ InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config&
     if (error) std::rethrow_exception(error);
   }
 
-  InstanceStats stats{written.load(), reused.load(), regenerated.load(), attenuated.load()};
+  std::int64_t counts[4] = {written.load(), reused.load(), regenerated.load(), attenuated.load()};
+  share.sum_in_place(counts, 4);
+  InstanceStats stats{counts[0], counts[1], counts[2], counts[3]};
   const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   spdlog::info("instances: {} classes x {} in {}: {} written, {} reused, {} regenerated, {} attenuated; {:.2f} s",
                n_classes, kInstancesPerClass, paths.instances_dir.string(), stats.written, stats.reused,

@@ -57,6 +57,9 @@ struct InstanceStats {
 // valid, in parallel over (class, instance). The bytes written do not depend
 // on the thread count. Invalid files are logged and regenerated. Each file is
 // written with the fault point "instance_write" (core/fault_injection.hpp).
-InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config& config, const std::vector<Ifs>& classes);
+// With several ranks in `share`, each rank handles every size-th item and the
+// returned counts are summed over ranks.
+InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config& config, const std::vector<Ifs>& classes,
+                                 const RankShare& share = {});
 
 }  // namespace scaffold

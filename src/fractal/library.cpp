@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <optional>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -54,27 +55,34 @@ void remove_orphaned_library_files(const FractalLibraryPaths& paths) {
 
 }  // namespace
 
-void generate_fractal_library(const Config& config, int batch_size) {
+void generate_fractal_library(const Config& config, int batch_size, const RankShare& share) {
   const auto started = std::chrono::steady_clock::now();
   const FractalLibraryPaths paths = fractal_library_paths(config);
 
-  // One writer at a time: a second process waits here, then finds the files
-  // of the first and keeps them.
-  std::filesystem::create_directories(paths.root);
-  const FileLock lock(library_lock_path(paths), "generating the fractal library " + paths.root.string());
-  if (lock.held()) remove_orphaned_library_files(paths);
+  // One job at a time: a second process waits here, then finds the files of
+  // the first and keeps them. Only rank 0 takes the lock and cleans up; the
+  // other ranks wait for it at the barrier.
+  std::optional<FileLock> lock;
+  if (share.is_root()) {
+    std::filesystem::create_directories(paths.root);
+    lock.emplace(library_lock_path(paths), "generating the fractal library " + paths.root.string());
+    if (lock->held()) remove_orphaned_library_files(paths);
 
-  if (config.datagen_from_scratch) {
-    spdlog::info("datagen_from_scratch: deleting {} and {}", paths.params_dir.string(),
-                 paths.instances_dir.string());
-    std::filesystem::remove_all(paths.params_dir);
-    std::filesystem::remove_all(paths.instances_dir);
+    if (config.datagen_from_scratch) {
+      spdlog::info("datagen_from_scratch: deleting {} and {}", paths.params_dir.string(),
+                   paths.instances_dir.string());
+      std::filesystem::remove_all(paths.params_dir);
+      std::filesystem::remove_all(paths.instances_dir);
+    }
   }
+  share.barrier();
 
-  const std::vector<Ifs> classes = search_classes(paths.params_dir, config, batch_size);
+  const std::vector<Ifs> classes = search_classes(paths.params_dir, config, batch_size, nullptr, share);
   const auto searched = std::chrono::steady_clock::now();
 
-  generate_instances(paths, config, classes);
+  generate_instances(paths, config, classes, share);
+  // Every instance exists before any rank goes on to use the library.
+  share.barrier();
   const auto finished = std::chrono::steady_clock::now();
 
   spdlog::info("fractal library {}: {} classes, point_num {}; class search {:.2f} s, instances {:.2f} s",

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "core/rank_share.hpp"
 #include "fractal/ifs.hpp"
 
 namespace scaffold {
@@ -30,8 +31,11 @@ std::filesystem::path library_lock_path(const FractalLibraryPaths& paths);
 // `batch_size` is the number of candidates tried per round. Holds the lock
 // library_lock_path throughout, so concurrent calls for the same library run
 // one after the other, and first removes the temporary files of writers that
-// were killed.
-void generate_fractal_library(const Config& config, int batch_size = 10000);
+// were killed. With several ranks in `share`, every rank must call it: rank 0
+// holds the lock and writes the class files, the candidate evaluations and
+// the instances are dealt out over the ranks, and the files are the same bytes
+// for any rank count.
+void generate_fractal_library(const Config& config, int batch_size = 10000, const RankShare& share = {});
 
 // Reads one class CSV (2 rows x 13 values); throws naming the file on any defect.
 Ifs read_class_csv(const std::filesystem::path& path);

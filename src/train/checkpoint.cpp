@@ -90,8 +90,6 @@ fs::path checkpoint_dir(const Config& config, const fs::path& run_dir) { return 
 
 bool has_checkpoint(const fs::path& dir) { return fs::exists(dir / kLastName) || fs::exists(dir / kBestName); }
 
-namespace {
-
 std::string encode_checkpoint(UNet& model, torch::optim::Optimizer& optimizer, const TrainingProgress& progress,
                               const CheckpointIdentity& identity) {
   torch::serialize::OutputArchive archive;
@@ -126,24 +124,17 @@ std::string encode_checkpoint(UNet& model, torch::optim::Optimizer& optimizer, c
   return bytes.str();
 }
 
-}  // namespace
-
 void save_checkpoint(const fs::path& path, UNet& model, torch::optim::Optimizer& optimizer,
                      const TrainingProgress& progress, const CheckpointIdentity& identity) {
   fs::create_directories(path.parent_path());
   write_file_atomic(path, std::string_view(encode_checkpoint(model, optimizer, progress, identity)));
 }
 
-TrainingProgress load_checkpoint(const fs::path& path, UNet& model, torch::optim::Optimizer& optimizer,
-                                 const CheckpointIdentity& identity) {
-  torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(path.string());
-  } catch (const std::exception& error) {
-    throw CheckpointError(fmt::format("checkpoint {} cannot be read: {}", path.string(),
-                                      std::string(error.what()).substr(0, 300)));
-  }
+namespace {
 
+// Restores a checkpoint archive; `label` names its source in messages.
+TrainingProgress restore_checkpoint(torch::serialize::InputArchive& archive, const std::string& label, UNet& model,
+                                    torch::optim::Optimizer& optimizer, const CheckpointIdentity& identity) {
   TrainingProgress progress;
   std::string config_id;
   std::string model_signature;
@@ -151,14 +142,14 @@ TrainingProgress load_checkpoint(const fs::path& path, UNet& model, torch::optim
     const std::int64_t format = read_tensor(archive, "format").item<std::int64_t>();
     if (format != kCheckpointFormat) {
       throw CheckpointError(fmt::format("checkpoint {} has format {}, this program reads format {}; start a new run",
-                                        path.string(), format, kCheckpointFormat));
+                                        label, format, kCheckpointFormat));
     }
     config_id = read_string(archive, "config_id");
     model_signature = read_string(archive, "model_signature");
   } catch (const CheckpointError&) {
     throw;
   } catch (const std::exception& error) {
-    throw CheckpointError(fmt::format("checkpoint {} is incomplete or not a scaffold checkpoint: {}", path.string(),
+    throw CheckpointError(fmt::format("checkpoint {} is incomplete or not a scaffold checkpoint: {}", label,
                                       std::string(error.what()).substr(0, 300)));
   }
 
@@ -167,12 +158,12 @@ TrainingProgress load_checkpoint(const fs::path& path, UNet& model, torch::optim
     throw std::runtime_error(fmt::format(
         "checkpoint {} belongs to dataset config {}, but this run's config is {}; resume with the run's own "
         "config.yaml or start a new run",
-        path.string(), config_id, identity.config_id));
+        label, config_id, identity.config_id));
   }
   if (model_signature != identity.model_signature) {
     throw std::runtime_error(fmt::format("checkpoint {} contains a different network ({}) than this run builds ({}); "
                                          "resume with the run's own config.yaml or start a new run",
-                                         path.string(), model_signature, identity.model_signature));
+                                         label, model_signature, identity.model_signature));
   }
 
   try {
@@ -196,15 +187,42 @@ TrainingProgress load_checkpoint(const fs::path& path, UNet& model, torch::optim
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(read_tensor(archive, "torch_cpu_generator"));
   } catch (const std::exception& error) {
-    throw CheckpointError(fmt::format("checkpoint {} is damaged: {}", path.string(),
+    throw CheckpointError(fmt::format("checkpoint {} is damaged: {}", label,
                                       std::string(error.what()).substr(0, 300)));
   }
 
   if (progress.epoch < 1 || static_cast<int>(progress.history.size()) != progress.epoch) {
-    throw CheckpointError(fmt::format("checkpoint {} is inconsistent: epoch {} with {} history rows", path.string(),
+    throw CheckpointError(fmt::format("checkpoint {} is inconsistent: epoch {} with {} history rows", label,
                                       progress.epoch, progress.history.size()));
   }
   return progress;
+}
+
+}  // namespace
+
+TrainingProgress load_checkpoint(const fs::path& path, UNet& model, torch::optim::Optimizer& optimizer,
+                                 const CheckpointIdentity& identity) {
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path.string());
+  } catch (const std::exception& error) {
+    throw CheckpointError(fmt::format("checkpoint {} cannot be read: {}", path.string(),
+                                      std::string(error.what()).substr(0, 300)));
+  }
+  return restore_checkpoint(archive, path.string(), model, optimizer, identity);
+}
+
+TrainingProgress load_checkpoint_bytes(const std::string& bytes, const std::string& label, UNet& model,
+                                       torch::optim::Optimizer& optimizer, const CheckpointIdentity& identity) {
+  torch::serialize::InputArchive archive;
+  std::istringstream stream(bytes);
+  try {
+    archive.load_from(stream);
+  } catch (const std::exception& error) {
+    throw CheckpointError(fmt::format("checkpoint {} cannot be read: {}", label,
+                                      std::string(error.what()).substr(0, 300)));
+  }
+  return restore_checkpoint(archive, label, model, optimizer, identity);
 }
 
 std::optional<TrainingProgress> load_latest_checkpoint(const fs::path& dir, UNet& model,

@@ -61,6 +61,15 @@ void save_checkpoint(const std::filesystem::path& path, UNet& model, torch::opti
 TrainingProgress load_checkpoint(const std::filesystem::path& path, UNet& model, torch::optim::Optimizer& optimizer,
                                  const CheckpointIdentity& identity);
 
+// The checkpoint file's bytes for the current state.
+std::string encode_checkpoint(UNet& model, torch::optim::Optimizer& optimizer, const TrainingProgress& progress,
+                              const CheckpointIdentity& identity);
+
+// Like load_checkpoint, from bytes that encode_checkpoint produced (what rank 0
+// broadcasts on resume); `label` names their source in messages.
+TrainingProgress load_checkpoint_bytes(const std::string& bytes, const std::string& label, UNet& model,
+                                       torch::optim::Optimizer& optimizer, const CheckpointIdentity& identity);
+
 // Loads checkpoint_last, or checkpoint_best when the last one cannot be read;
 // an unreadable file is renamed to <name>.corrupt with a warning. Returns
 // nullopt when neither file exists. A checkpoint of another config or model

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <utility>
+
+#include <fmt/format.h>
 
 #include "core/rng.hpp"
 
@@ -16,6 +19,37 @@ std::vector<int> epoch_order(const std::vector<int>& ids, std::uint64_t seed, in
     std::swap(order[i - 1], order[j]);
   }
   return order;
+}
+
+std::vector<int> distributed_train_shard(const std::vector<int>& order, int rank, int replicas) {
+  if (replicas < 1 || rank < 0 || rank >= replicas) {
+    throw std::invalid_argument(fmt::format("distributed_train_shard: rank {} of {} replicas is invalid", rank, replicas));
+  }
+  if (order.empty()) {
+    return {};
+  }
+  const std::size_t r = static_cast<std::size_t>(replicas);
+  const std::size_t per_rank = (order.size() + r - 1) / r;
+  std::vector<int> shard;
+  shard.reserve(per_rank);
+  for (std::size_t i = 0; i < per_rank; ++i) {
+    // Position in the padded order; positions past the end wrap to its start.
+    const std::size_t position = i * r + static_cast<std::size_t>(rank);
+    shard.push_back(order[position % order.size()]);
+  }
+  return shard;
+}
+
+IndexRange validation_shard(std::size_t count, int rank, int replicas) {
+  if (replicas < 1 || rank < 0 || rank >= replicas) {
+    throw std::invalid_argument(fmt::format("validation_shard: rank {} of {} replicas is invalid", rank, replicas));
+  }
+  const std::size_t r = static_cast<std::size_t>(replicas);
+  const std::size_t k = static_cast<std::size_t>(rank);
+  const std::size_t base = count / r;
+  const std::size_t extra = count % r;
+  const std::size_t begin = k * base + std::min(k, extra);
+  return {begin, begin + base + (k < extra ? 1 : 0)};
 }
 
 Batch read_batch(const DatasetInfo& info, Split split, const std::vector<int>& volume_indices) {

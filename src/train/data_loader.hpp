@@ -27,6 +27,23 @@ struct Batch {
 // driven by CounterRng(seed, kTrainShuffle, epoch).
 std::vector<int> epoch_order(const std::vector<int>& ids, std::uint64_t seed, int epoch);
 
+// The training samples of `rank` out of `replicas` data-parallel ranks, as
+// torch's DistributedSampler picks them from an already shuffled `order`: the
+// order is padded to a multiple of `replicas` by repeating its first entries
+// (cyclically when it is shorter than the padding), and rank r takes the
+// entries at r, r + replicas, r + 2 * replicas, ... Every rank gets
+// ceil(n / replicas) samples, so all ranks take the same number of steps.
+std::vector<int> distributed_train_shard(const std::vector<int>& order, int rank, int replicas);
+
+// Positions [begin, end) of `rank`'s validation samples: a contiguous split
+// without padding in which the first count % replicas ranks get one sample
+// more. Ranks past the count get an empty range.
+struct IndexRange {
+  std::size_t begin = 0;
+  std::size_t end = 0;
+};
+IndexRange validation_shard(std::size_t count, int rank, int replicas);
+
 // Reads the batches of `order` (consecutive groups of `batch_size`, the last one
 // possibly smaller). With `prefetch_batches` > 0 a background thread reads up to
 // that many batches ahead; with 0 each batch is read when requested. Errors on

@@ -46,7 +46,10 @@ std::string format_stats_row(const EpochStats& row);
 
 // Writes restart.sh (executable): `<executable> benchmark -c <run_dir>/config.yaml
 // --restart --run-dir <run_dir>`, passing on its own arguments. config.yaml
-// already contains the merged files and command-line overrides.
-void write_restart_script(const std::filesystem::path& run_dir, const std::filesystem::path& executable);
+// already contains the merged files and command-line overrides. A non-empty
+// `launcher` (e.g. {"mpiexec", "-n", "4"}) is put before the executable, so a
+// multi-rank run restarts with the same number of ranks.
+void write_restart_script(const std::filesystem::path& run_dir, const std::filesystem::path& executable,
+                          const std::vector<std::string>& launcher = {});
 
 }  // namespace scaffold

@@ -2,7 +2,9 @@
 
 #include <omp.h>
 #include <sched.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -12,7 +14,7 @@
 
 namespace scaffold {
 
-int compute_thread_count() {
+int compute_thread_count(int processes_per_node) {
   if (const char* env = std::getenv("OMP_NUM_THREADS")) {
     try {
       std::size_t used = 0;
@@ -30,14 +32,18 @@ int compute_thread_count() {
   if (sched_getaffinity(0, sizeof(mask), &mask) == 0) {
     const int count = CPU_COUNT(&mask);
     if (count > 0) {
+      const auto node_cores = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+      if (processes_per_node > 1 && count >= node_cores) {
+        return std::max(1, count / processes_per_node);
+      }
       return count;
     }
   }
   return omp_get_num_procs();
 }
 
-int configure_compute_threads() {
-  const int threads = compute_thread_count();
+int configure_compute_threads(int processes_per_node) {
+  const int threads = compute_thread_count(processes_per_node);
   omp_set_num_threads(threads);
   torch::set_num_threads(threads);
   try {

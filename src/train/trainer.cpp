@@ -16,6 +16,8 @@
 #include "core/stop_signal.hpp"
 #include "train/checkpoint.hpp"
 #include "train/data_loader.hpp"
+#include "train/ddp.hpp"
+#include "train/evaluate.hpp"
 #include "train/loss.hpp"
 #include "train/schedule.hpp"
 #include "train/threads.hpp"
@@ -60,16 +62,20 @@ std::vector<int> class_weight_sample_ids(const std::vector<int>& train_ids, doub
   return ids;
 }
 
-torch::Tensor estimate_class_weights(const Config& config, const DatasetInfo& dataset) {
+// Each rank counts every size-th of the sampled masks; the integer counts are
+// summed over ranks, so the weights do not depend on the rank count.
+torch::Tensor estimate_class_weights(const Config& config, const DatasetInfo& dataset, ProcessGroup& group) {
   const std::vector<int> ids = class_weight_sample_ids(dataset.train_ids, config.ce_weight_sample_fraction);
-  std::int64_t background = 0;
-  std::int64_t foreground = 0;
-  for (const int id : ids) {
-    const Batch batch = read_batch(dataset, Split::kTraining, {id});
+  std::int64_t counts[2] = {0, 0};  // background, foreground
+  for (std::size_t i = static_cast<std::size_t>(group.rank()); i < ids.size(); i += static_cast<std::size_t>(group.size())) {
+    const Batch batch = read_batch(dataset, Split::kTraining, {ids[i]});
     const std::int64_t bg = (batch.mask == 0).sum().item<std::int64_t>();
-    background += bg;
-    foreground += batch.mask.numel() - bg;
+    counts[0] += bg;
+    counts[1] += batch.mask.numel() - bg;
   }
+  group.all_reduce_sum(counts, 2);
+  const std::int64_t background = counts[0];
+  const std::int64_t foreground = counts[1];
   torch::Tensor weights = class_weights_from_counts(background, foreground, dataset.n_classes);
   spdlog::info("class weights from {} training masks: background={:.4g} foreground={:.4g} ({} / {} voxels)",
                ids.size(), weights[0].item<double>(), weights[1].item<double>(), background, foreground);
@@ -81,6 +87,20 @@ void check_finite(double value, const char* what, int epoch) {
     throw std::runtime_error(fmt::format(
         "{} is not finite ({}) in epoch {}; training diverged. Lower starting_learning_rate or check the dataset",
         what, value, epoch));
+  }
+}
+
+std::size_t bucket_bytes(const Config& config) {
+  return static_cast<std::size_t>(config.ddp_bucket_cap_mb * 1024.0 * 1024.0);
+}
+
+// Throws StopRequested on every rank when SIGINT or SIGTERM reached any rank,
+// so that all ranks stop after the same step.
+void stop_if_requested(ProcessGroup& group) {
+  std::int64_t signal_number = stop_signal();
+  group.all_reduce_max(&signal_number, 1);
+  if (signal_number != 0) {
+    throw StopRequested{static_cast<int>(signal_number)};
   }
 }
 
@@ -99,61 +119,29 @@ struct StepOutput {
   double soft_dice = 0;
 };
 
-// One optimizer step on `batch`: forward, loss, backward, clip, update.
+// One optimizer step on `batch`: forward, loss, backward (with the gradient
+// all-reduce running alongside), clip, update.
 StepOutput train_step(UNet& model, torch::optim::Optimizer& optimizer, const Batch& batch,
-                      const torch::Tensor& class_weights) {
+                      const torch::Tensor& class_weights, GradientAllReducer& reducer) {
   // logits: [B, n_classes, D, H, W]
   const torch::Tensor logits = model->forward(batch.volume);
   const LossTerms terms = segmentation_loss(logits, batch.mask, class_weights);
 
   optimizer.zero_grad();
   terms.loss.backward();
+  reducer.finish();
   clip_grad_norm(model->parameters(), kMaxGradNorm);
   optimizer.step();
 
   return {terms.loss.item<double>(), terms.soft_dice.item<double>()};
 }
 
-struct ValidationOutput {
-  double loss_sum = 0;  // sum of batch loss x batch size
-  double dice_sum = 0;  // sum of per-sample hard Dice
-  int samples = 0;
-};
-
-ValidationOutput validate_batch(UNet& model, const Batch& batch, const torch::Tensor& class_weights) {
-  const torch::Tensor logits = model->forward(batch.volume);
-  const LossTerms terms = segmentation_loss(logits, batch.mask, class_weights);
-  const torch::Tensor dice = hard_dice_per_sample(logits, batch.mask);
-  return {terms.loss.item<double>() * batch.size(), dice.sum().item<double>(), batch.size()};
-}
-
-ValidationOutput run_validation(UNet& model, const Config& config, const DatasetInfo& dataset,
-                                const torch::Tensor& class_weights, int max_batches) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  ValidationOutput total;
-  PrefetchLoader loader(dataset, Split::kValidation, dataset.val_ids, config.local_batch_size,
-                        config.dataloader_num_workers > 0 ? kPrefetchBatches : 0);
-  int batches = 0;
-  while (auto batch = loader.next()) {
-    if (max_batches >= 0 && batches >= max_batches) {
-      break;
-    }
-    const ValidationOutput part = validate_batch(model, *batch, class_weights);
-    total.loss_sum += part.loss_sum;
-    total.dice_sum += part.dice_sum;
-    total.samples += part.samples;
-    ++batches;
-  }
-  model->train();
-  return total;
-}
-
 // Runs up to warmup_batches training and validation batches, plus one step of
 // the ragged final batch size, so that allocator pools and kernel choices are
 // warm before timing starts. The model is restored afterwards and the optimizer
 // rebuilt, so warmup does not change the trajectory.
-void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, const torch::Tensor& class_weights) {
+void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, const torch::Tensor& class_weights,
+             ProcessGroup& group, GradientAllReducer& reducer) {
   if (config.warmup_batches <= 0) {
     return;
   }
@@ -174,7 +162,9 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
   auto optimizer = make_optimizer(config.optimizer, model->parameters(), config.starting_learning_rate);
 
   // Training batches, then the ragged batch size if the last batch is short.
-  const std::vector<int> order = epoch_order(dataset.train_ids, static_cast<std::uint64_t>(config.seed), 0);
+  // Every rank's shard has the same length, so all ranks take the same steps.
+  const std::vector<int> order = distributed_train_shard(
+      epoch_order(dataset.train_ids, static_cast<std::uint64_t>(config.seed), 0), group.rank(), group.size());
   const int batch_size = config.local_batch_size;
   int steps = 0;
   int samples = 0;
@@ -183,17 +173,18 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
        begin += static_cast<std::size_t>(batch_size), ++steps) {
     const std::vector<int> ids(order.begin() + static_cast<std::ptrdiff_t>(begin),
                                order.begin() + static_cast<std::ptrdiff_t>(begin) + batch_size);
-    train_step(model, *optimizer, read_batch(dataset, Split::kTraining, ids), class_weights);
+    train_step(model, *optimizer, read_batch(dataset, Split::kTraining, ids), class_weights, reducer);
     samples += batch_size;
   }
   const std::size_t ragged = order.size() % static_cast<std::size_t>(batch_size);
   if (ragged != 0) {
     const std::vector<int> ids(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(ragged));
-    train_step(model, *optimizer, read_batch(dataset, Split::kTraining, ids), class_weights);
+    train_step(model, *optimizer, read_batch(dataset, Split::kTraining, ids), class_weights, reducer);
     samples += static_cast<int>(ragged);
   }
 
-  const ValidationOutput validation = run_validation(model, config, dataset, class_weights, config.warmup_batches);
+  const ValidationOutput validation =
+      run_validation(model, config, dataset, class_weights, config.warmup_batches, group);
 
   // Restore the snapshot.
   {
@@ -209,7 +200,7 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
   }
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(generator_state);
-  spdlog::info("warmup: {} training and {} validation samples in {:.2f} s (state restored)", samples,
+  spdlog::info("warmup: {} training samples per rank and {} validation samples in {:.2f} s (state restored)", samples,
                validation.samples, seconds_since(start));
 }
 
@@ -253,9 +244,11 @@ void fill_result(TrainingResult& result, const Config& config, const TrainingPro
 
 }  // namespace
 
-TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const fs::path& run_dir, bool resume) {
+TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const fs::path& run_dir, bool resume,
+                          ProcessGroup& group) {
   TrainingResult result;
-  result.compute_threads = configure_compute_threads();
+  result.world_size = group.size();
+  result.compute_threads = configure_compute_threads(group.local_size());
   if (config.more_determinism) {
     // Deterministic kernels where LibTorch has a choice; warn instead of failing where it has none.
     at::globalContext().setDeterministicAlgorithms(true, true);
@@ -271,19 +264,28 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
         "dataset {} has no validation volumes, so the Dice target can never be checked; raise val_split",
         dataset.dir.string()));
   }
+  const bool root = group.is_root();
 
-  // Model, seeded so that initial weights depend only on the seed.
+  // Model, seeded so that initial weights depend only on the seed; rank 0's
+  // weights are broadcast anyway, as torch DDP does.
   torch::manual_seed(static_cast<std::uint64_t>(config.seed));
   const ConvBackend backend = config.conv_backend == "libtorch" ? ConvBackend::libtorch : ConvBackend::onednn;
   UNet model(3, dataset.n_classes, config.unet_layers(), config.group_norm_groups, backend);
   result.parameter_count = count_parameters(model);
+  GradientAllReducer reducer(group, model->parameters(), bucket_bytes(config));
+  reducer.broadcast_parameters();
   spdlog::info("convolutions: {}", config.conv_backend == "libtorch" ? "LibTorch's own kernels" : "oneDNN, called directly");
   spdlog::info("U-Net: {} levels, {} classes, {} parameters, volume {}^3, {} training / {} validation volumes",
                config.unet_layers(), dataset.n_classes, result.parameter_count, dataset.vol_size,
                dataset.train_ids.size(), dataset.val_ids.size());
+  if (group.size() > 1) {
+    spdlog::info("data parallel: {} ranks, local batch {}, global batch {}, {} gradient buckets of at most {} MiB",
+                 group.size(), config.local_batch_size, config.local_batch_size * group.size(),
+                 reducer.bucket_count(), config.ddp_bucket_cap_mb);
+  }
 
-  const torch::Tensor class_weights = estimate_class_weights(config, dataset);
-  warm_up(model, config, dataset, class_weights);
+  const torch::Tensor class_weights = estimate_class_weights(config, dataset, group);
+  warm_up(model, config, dataset, class_weights, group, reducer);
 
   auto optimizer = make_optimizer(config.optimizer, model->parameters(), config.starting_learning_rate);
   LrScheduler scheduler(config.starting_learning_rate, config.min_learning_rate, config.T_0, config.T_mult,
@@ -292,23 +294,38 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
   const fs::path stats_path = run_dir / "train_stats.csv";
   CheckpointWriter checkpoints(config, run_dir, identity);
 
-  // Continue from the last checkpoint when resuming.
+  // Continue from the last checkpoint when resuming: rank 0 reads it and
+  // broadcasts its bytes.
   TrainingProgress progress;
   if (resume) {
-    // Temporary files of writes that a kill interrupted.
-    remove_orphaned_temporary_files(run_dir);
-    if (fs::is_directory(checkpoint_dir(config, run_dir))) {
-      remove_orphaned_temporary_files(checkpoint_dir(config, run_dir));
+    std::string image = collective_try_typed(group, "loading the checkpoint", [&]() -> std::string {
+      if (!root) {
+        return {};
+      }
+      // Temporary files of writes that a kill interrupted.
+      remove_orphaned_temporary_files(run_dir);
+      if (fs::is_directory(checkpoint_dir(config, run_dir))) {
+        remove_orphaned_temporary_files(checkpoint_dir(config, run_dir));
+      }
+      std::optional<TrainingProgress> loaded =
+          load_latest_checkpoint(checkpoint_dir(config, run_dir), model, *optimizer, identity);
+      if (!loaded) {
+        throw std::runtime_error(fmt::format("no checkpoint to resume from in {}; start a new run instead",
+                                             checkpoint_dir(config, run_dir).string()));
+      }
+      progress = std::move(*loaded);
+      return group.size() > 1 ? encode_checkpoint(model, *optimizer, progress, identity) : std::string();
+    });
+    if (group.size() > 1) {
+      group.broadcast(image, 0);
+      if (!root) {
+        progress = load_checkpoint_bytes(image, "broadcast by rank 0", model, *optimizer, identity);
+      }
     }
-    std::optional<TrainingProgress> loaded =
-        load_latest_checkpoint(checkpoint_dir(config, run_dir), model, *optimizer, identity);
-    if (!loaded) {
-      throw std::runtime_error(fmt::format("no checkpoint to resume from in {}; start a new run instead",
-                                           checkpoint_dir(config, run_dir).string()));
-    }
-    progress = std::move(*loaded);
     scheduler.set_epochs_completed(progress.scheduler_epochs);
-    restore_train_stats(stats_path, progress.history);
+    if (root) {
+      restore_train_stats(stats_path, progress.history);
+    }
     if (progress.val_dice >= config.target_dice) {
       spdlog::info("this run already reached validation Dice {:.4f} >= {} in epoch {}; nothing left to train",
                    progress.val_dice, config.target_dice, progress.epoch);
@@ -326,44 +343,55 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     const Clock::time_point epoch_start = Clock::now();
     const double lr = scheduler.lr();
     set_learning_rate(*optimizer, lr);
+    const double wait_before = reducer.wait_seconds();
 
-    // Train on this epoch's shuffled order.
+    // Train on this rank's share of the epoch's shuffled order.
     model->train();
     EpochStats stats;
     stats.epoch = epoch;
     stats.learning_rate = lr;
-    double soft_dice_sum = 0.0;
-    int train_samples = 0;
+    // Sums over this rank's samples: loss x batch size, soft Dice x batch size, samples.
+    double sums[3] = {0.0, 0.0, 0.0};
     std::vector<double> step_times;
-    PrefetchLoader loader(dataset, Split::kTraining,
-                          epoch_order(dataset.train_ids, static_cast<std::uint64_t>(config.seed), epoch),
-                          config.local_batch_size, config.dataloader_num_workers > 0 ? kPrefetchBatches : 0);
+    double step_seconds = 0.0;
+    const std::vector<int> shard = distributed_train_shard(
+        epoch_order(dataset.train_ids, static_cast<std::uint64_t>(config.seed), epoch), group.rank(), group.size());
+    PrefetchLoader loader(dataset, Split::kTraining, shard, config.local_batch_size,
+                          config.dataloader_num_workers > 0 ? kPrefetchBatches : 0);
     while (auto batch = loader.next()) {
       const Clock::time_point step_start = Clock::now();
-      const StepOutput step = train_step(model, *optimizer, *batch, class_weights);
+      const StepOutput step = train_step(model, *optimizer, *batch, class_weights, reducer);
       const double step_s = seconds_since(step_start);
       check_finite(step.loss, "training loss", epoch);
 
       if (batch->size() == config.local_batch_size) {
         step_times.push_back(step_s);
       }
-      progress.step_seconds_total += step_s;
-      stats.epoch_loss += step.loss * batch->size();
-      soft_dice_sum += step.soft_dice * batch->size();
-      train_samples += batch->size();
+      step_seconds += step_s;
+      sums[0] += step.loss * batch->size();
+      sums[1] += step.soft_dice * batch->size();
+      sums[2] += batch->size();
       ++stats.optimizer_steps;
       fault_point("train_step");
-      if (const int signal_number = stop_signal()) {
+      if (group.size() > 1) {
+        stop_if_requested(group);
+      } else if (const int signal_number = stop_signal()) {
         throw StopRequested{signal_number};
       }
     }
+    // Every rank took the same steps; a step takes as long as its slowest rank.
+    group.all_reduce_sum(sums, 3);
+    group.all_reduce_max(step_times.data(), step_times.size());
+    const auto train_samples = static_cast<std::int64_t>(sums[2]);
     progress.total_optimizer_steps += stats.optimizer_steps;
     progress.train_samples_total += train_samples;
-    stats.overall_loss = stats.epoch_loss / train_samples;
-    stats.train_dice = soft_dice_sum / train_samples;
+    progress.step_seconds_total += step_seconds;
+    stats.epoch_loss = sums[0];
+    stats.overall_loss = sums[0] / sums[2];
+    stats.train_dice = sums[1] / sums[2];
 
     // Validate, then step the scheduler once per epoch.
-    const ValidationOutput validation = run_validation(model, config, dataset, class_weights, -1);
+    const ValidationOutput validation = run_validation(model, config, dataset, class_weights, -1, group);
     stats.val_loss_epoch = validation.loss_sum;
     stats.val_loss_avg = validation.loss_sum / validation.samples;
     stats.val_dice = validation.dice_sum / validation.samples;
@@ -372,6 +400,8 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     scheduler.step();
     stats.epoch_duration = seconds_since(epoch_start);
     stats.total_optimizer_steps = progress.total_optimizer_steps;
+    // Rank 0's epoch time stands for the job, as in the reference.
+    group.broadcast_bytes(&stats.epoch_duration, sizeof(stats.epoch_duration), 0);
 
     // Record the epoch (outside the timed interval, as the reference does).
     progress.epoch = epoch;
@@ -379,22 +409,34 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     progress.scheduler_epochs = scheduler.epochs_completed();
     progress.history.push_back(stats);
     progress.epoch_median_step_s.push_back(median(step_times));
-    write_train_stats(stats_path, progress.history);
-    write_figures(config, run_dir, progress.history);
+    const double comm_wait = reducer.wait_seconds() - wait_before;
+    if (root) {
+      write_train_stats(stats_path, progress.history);
+      write_figures(config, run_dir, progress.history);
+    }
     spdlog::info(
         "epoch {}: train_loss={:.4f} train_dice={:.4f} val_loss={:.4f} val_dice={:.4f} lr={:.3g} epoch_s={:.2f} "
         "median_step_s={:.3f} steps={}",
         epoch, stats.overall_loss, stats.train_dice, stats.val_loss_avg, stats.val_dice, lr, stats.epoch_duration,
         progress.epoch_median_step_s.back(), progress.total_optimizer_steps);
+    if (group.size() > 1) {
+      spdlog::info("epoch {}: waited {:.2f} s for gradient all-reduces ({:.1f}% of this rank's {:.2f} s of steps)",
+                   epoch, comm_wait, step_seconds > 0 ? 100.0 * comm_wait / step_seconds : 0.0, step_seconds);
+    }
 
     const bool last = progress.val_dice >= config.target_dice || (config.epochs != -1 && epoch >= config.epochs);
-    checkpoints.after_epoch(model, *optimizer, progress, last);
-    if (const int signal_number = stop_signal()) {
+    if (root) {
+      checkpoints.after_epoch(model, *optimizer, progress, last);
+    }
+    if (group.size() > 1) {
+      stop_if_requested(group);
+    } else if (const int signal_number = stop_signal()) {
       throw StopRequested{signal_number};
     }
   }
 
   fill_result(result, config, progress);
+  result.comm_wait_s = reducer.wait_seconds();
   return result;
 }
 
