@@ -193,6 +193,23 @@ TEST(CliMpi, FailureOnOneRankStopsTheJob) {
   EXPECT_NE(result.output.find("Input/output error"), std::string::npos) << result.output;
 }
 
+TEST(CliMpi, DifferentConfigsStopBeforeGeneration) {
+  SKIP_WITHOUT_MPI();
+  TempDir dir("mpi_config_mismatch");
+  write_config(dir);
+  // Rank 1 gets another seed, so its dataset config id differs.
+  const std::string arguments = "benchmark -c cfg.yml --base-run-dir runs";
+  const std::string mpmd = std::string("OMP_NUM_THREADS=1 ") + kMpiexec + " 1 " + SCAFFOLD_BINARY + " " + arguments +
+                           " : -n 1 " + SCAFFOLD_BINARY + " " + arguments + " --seed 7";
+  const CommandResult result = run_in(dir.path(), mpmd);
+  EXPECT_NE(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("checking that all ranks use the same config failed on rank 1: rank 0 has config id"),
+            std::string::npos)
+      << result.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "data"));
+  EXPECT_FALSE(fs::exists(dir.path() / "fractals"));
+}
+
 TEST(CliMpi, LaunchMismatchStopsBeforeWritingAnything) {
   SKIP_WITHOUT_MPI();
   TempDir dir("mpi_mismatch");

@@ -19,6 +19,7 @@
 #include "core/atomic_file.hpp"
 #include "core/config.hpp"
 #include "core/file_lock.hpp"
+#include "core/hash.hpp"
 #include "core/logging.hpp"
 #include "core/stop_signal.hpp"
 #include "dataset/dataset.hpp"
@@ -135,6 +136,28 @@ nlohmann::json result_json(const scaffold::Config& config, const scaffold::Datas
   return json;
 }
 
+// Stops every rank when the ranks loaded different configs (other files or
+// other command-line options), before anything is generated. The message
+// names the dataset config id and a hash of the whole merged config.
+void check_same_config(const scaffold::Config& config, scaffold::ProcessGroup& group) {
+  if (group.size() == 1) {
+    return;
+  }
+  const std::string local = fmt::format("config id {}, merged config hash {}", scaffold::dataset_config_id(config),
+                                        scaffold::sha256_hex(scaffold::to_yaml(config)).substr(0, 12));
+  const std::vector<std::string> all = group.all_gather(local);
+  for (std::size_t r = 1; r < all.size(); ++r) {
+    if (all[r] != all[0]) {
+      throw scaffold::DistributedError(
+          "checking that all ranks use the same config",
+          {{static_cast<int>(r), fmt::format("rank 0 has {}, but rank {} has {}; start every rank with the same "
+                                             "config files and options",
+                                             all[0], r, all[r])}},
+          group.size());
+    }
+  }
+}
+
 // The process group as data generation sees it.
 scaffold::RankShare rank_share(scaffold::ProcessGroup& group) {
   scaffold::RankShare share;
@@ -151,6 +174,7 @@ int run_generate(const std::vector<std::string>& config_files, const scaffold::C
   const scaffold::Config config = scaffold::collective_try_typed(group, "reading the config", [&] {
     return scaffold::load_config(files, overrides);
   });
+  check_same_config(config, group);
   // Generation makes collective calls of its own, so an error on one rank
   // cannot reach consensus: it ends the job through main's handler.
   scaffold::generate_fractal_library(config, batch_size, rank_share(group));
@@ -163,6 +187,7 @@ int run_generate_dataset(const std::vector<std::string>& config_files, const sca
   const scaffold::Config config = scaffold::collective_try_typed(group, "reading the config", [&] {
     return scaffold::load_config(files, overrides);
   });
+  check_same_config(config, group);
   const scaffold::DatasetInfo dataset = scaffold::ensure_dataset(config, rank_share(group));
   spdlog::info("dataset ready: {}", dataset.dir.string());
   return 0;
@@ -344,6 +369,7 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
     return prepare_benchmark(config_files, overrides, restart, run_dir_arg, root);
   });
   scaffold::Config& config = start.config;
+  check_same_config(config, group);
   spdlog::info("scaffold {} ({}), LibTorch {}, host {}, {} rank{}", scaffold::kVersion, scaffold::kGitCommit,
                TORCH_VERSION, host_name(), group.size(), group.size() == 1 ? "" : "s");
   spdlog::info("problem_scale={} vol_size={} unet_layers={} n_categories={} point_num={}", config.problem_scale,
