@@ -26,6 +26,8 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <torch/torch.h>
 
+#include "fma_peak.hpp"
+
 #include "nn/onednn_conv.hpp"
 
 namespace {
@@ -46,68 +48,6 @@ double best_seconds(int repetitions, const std::function<void()>& body) {
   return *std::min_element(times.begin(), times.end());
 }
 
-// Twelve independent accumulators cover the FMA latency (4 cycles) on two
-// FMA ports. Each iteration performs 12 FMAs of 8 lanes, 2 flops per lane.
-__attribute__((target("avx2,fma"))) float fma_loop_avx2(std::int64_t iterations) {
-  __m256 acc[12];
-  for (int i = 0; i < 12; ++i) {
-    acc[i] = _mm256_set1_ps(static_cast<float>(i));
-  }
-  const __m256 a = _mm256_set1_ps(0.999999f);
-  const __m256 b = _mm256_set1_ps(1e-7f);
-  for (std::int64_t n = 0; n < iterations; ++n) {
-    for (int i = 0; i < 12; ++i) {
-      acc[i] = _mm256_fmadd_ps(acc[i], a, b);
-    }
-  }
-  __m256 sum = acc[0];
-  for (int i = 1; i < 12; ++i) {
-    sum = _mm256_add_ps(sum, acc[i]);
-  }
-  return _mm256_cvtss_f32(sum);
-}
-
-__attribute__((target("avx512f"))) float fma_loop_avx512(std::int64_t iterations) {
-  __m512 acc[12];
-  for (int i = 0; i < 12; ++i) {
-    acc[i] = _mm512_set1_ps(static_cast<float>(i));
-  }
-  const __m512 a = _mm512_set1_ps(0.999999f);
-  const __m512 b = _mm512_set1_ps(1e-7f);
-  for (std::int64_t n = 0; n < iterations; ++n) {
-    for (int i = 0; i < 12; ++i) {
-      acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-    }
-  }
-  // Summing every accumulator keeps the compiler from dropping any chain.
-  __m512 sum = acc[0];
-  for (int i = 1; i < 12; ++i) {
-    sum = _mm512_add_ps(sum, acc[i]);
-  }
-  return _mm512_reduce_add_ps(sum);
-}
-
-// Runs the FMA loop on `threads` threads at once and returns GFLOP/s, an
-// estimate of peak because real kernels also load and store.
-double fma_peak_gflops(int threads, int lanes) {
-  constexpr std::int64_t kIterations = 200'000'000;
-  std::vector<float> sinks(threads);
-  const auto start = Clock::now();
-  std::vector<std::thread> workers;
-  for (int t = 0; t < threads; ++t) {
-    workers.emplace_back([&sinks, t, lanes] {
-      sinks[t] = lanes == 16 ? fma_loop_avx512(kIterations) : fma_loop_avx2(kIterations);
-    });
-  }
-  for (auto& worker : workers) {
-    worker.join();
-  }
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  if (sinks[0] == 12345.0f) {
-    std::printf("(sink)\n");
-  }
-  return 2.0 * lanes * 12.0 * kIterations * threads / seconds / 1e9;
-}
 
 // Bare oneDNN primitives with every buffer already in the primitive's
 // layout: the time the U-Net would spend if activations stayed blocked.
@@ -294,9 +234,9 @@ int main(int argc, char** argv) {
   torch::set_num_threads(threads);
 
   std::printf("threads %d, best of %d repetitions\n", threads, repetitions);
-  std::printf("register-only FMA loop (peak estimate): AVX2 %.1f GFLOP/s", fma_peak_gflops(threads, 8));
+  std::printf("register-only FMA loop (peak estimate): AVX2 %.1f GFLOP/s", scaffold_bench::fma_peak_gflops(threads, 8));
   if (__builtin_cpu_supports("avx512f")) {
-    std::printf(", AVX-512 %.1f GFLOP/s", fma_peak_gflops(threads, 16));
+    std::printf(", AVX-512 %.1f GFLOP/s", scaffold_bench::fma_peak_gflops(threads, 16));
   }
   std::printf("\n");
 

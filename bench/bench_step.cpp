@@ -2,12 +2,16 @@
 // clipping, Adam step) at several problem scales and reports the analytic
 // convolution FLOPs per step and the rate achieved.
 //
-// Prints the median step time over the timed steps, the fastest step and
-// the mean time of each phase.
+// Prints the median step time over the timed steps, the fastest step, the
+// mean time of each phase, the share of the FMA peak measured at the start of
+// the same run, and the process's peak resident memory so far.
 //
 // Usage: bench_step [--threads N] [--batch N] [--steps N] [--channels-last]
-//                   [--scale S --layers L]
+//                   [--backend both|libtorch|onednn] [--scale S --layers L]
 // Without --scale it runs scale 4 (L = 1 and L = 2), 5 (L = 2) and 6 (L = 3).
+// With --backend both (the default) each case runs with LibTorch's own
+// convolutions, then with oneDNN called directly, and prints the ratio.
+#include <sys/resource.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -18,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "fma_peak.hpp"
 #include "nn/unet.hpp"
 #include "train/loss.hpp"
 #include "train/schedule.hpp"
@@ -38,6 +43,8 @@ struct BenchOptions {
   int batch = 1;
   int steps = 0;  // 0: pick per scale
   bool channels_last = false;
+  std::vector<scaffold::ConvBackend> backends = {scaffold::ConvBackend::libtorch, scaffold::ConvBackend::onednn};
+  double peak_gflops = 0;  // measured at start
   std::vector<BenchCase> cases = {{4, 1}, {4, 2}, {5, 2}, {6, 3}};
 };
 
@@ -86,7 +93,15 @@ struct StepTimes {
   double adam_s = 0;  // Adam step + clearing gradients
 };
 
-void run_case(const BenchCase& bench_case, const BenchOptions& options) {
+// Peak resident set size of this process so far, in MiB.
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Returns the median step time in seconds.
+double run_case(const BenchCase& bench_case, const BenchOptions& options, scaffold::ConvBackend backend) {
   const int edge = 1 << bench_case.scale;
   // Default step counts keep each case within about a minute on 2 cores.
   int steps = options.steps;
@@ -100,7 +115,7 @@ void run_case(const BenchCase& bench_case, const BenchOptions& options) {
   }
 
   torch::manual_seed(0);
-  scaffold::UNet net(kInChannels, kClasses, bench_case.layers, kGroupNormGroups);
+  scaffold::UNet net(kInChannels, kClasses, bench_case.layers, kGroupNormGroups, backend);
   const auto memory_format = options.channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
   if (options.channels_last) {
     // Module::to has no memory-format overload in LibTorch 1.13, so convert
@@ -170,16 +185,19 @@ void run_case(const BenchCase& bench_case, const BenchOptions& options) {
   const double fastest_step_s = step_times_s.front();
 
   const double train_flops = 3.0 * forward_conv_flops(edge, bench_case.layers) * options.batch;
+  const double rate = train_flops * 1e-9 / step_s;
   std::printf(
-      "scale=%d edge=%d layers=%d batch=%d params=%lld steps=%d: median %.1f ms/step, fastest %.1f ms "
+      "%s scale=%d edge=%d layers=%d batch=%d params=%lld steps=%d: median %.1f ms/step, fastest %.1f ms "
       "(mean fwd %.1f, loss+bwd %.1f, clip %.1f, adam %.1f) %.2f samples/s, conv %.2f GFLOP/step, "
-      "%.1f GFLOP/s\n",
-      bench_case.scale, edge, bench_case.layers, options.batch,
+      "%.1f GFLOP/s (%.0f%% of peak), peak RSS %.0f MiB\n",
+      backend == scaffold::ConvBackend::libtorch ? "libtorch" : "onednn  ", bench_case.scale, edge,
+      bench_case.layers, options.batch,
       static_cast<long long>(scaffold::count_parameters(net)), steps, 1e3 * step_s, 1e3 * fastest_step_s,
       1e3 * times.forward_s / steps,
       1e3 * times.backward_s / steps, 1e3 * times.clip_s / steps, 1e3 * times.adam_s / steps, options.batch / step_s, train_flops * 1e-9,
-      train_flops * 1e-9 / step_s);
+      rate, 100.0 * rate / options.peak_gflops, peak_rss_mib());
   std::fflush(stdout);
+  return step_s;
 }
 
 int parse_int(const char* flag, const char* value) {
@@ -217,10 +235,20 @@ BenchOptions parse_options(int argc, char** argv) {
       scale = parse_int("--scale", value);
     } else if (flag == "--layers") {
       layers = parse_int("--layers", value);
+    } else if (flag == "--backend") {
+      const std::string backend = value;
+      if (backend == "libtorch") {
+        options.backends = {scaffold::ConvBackend::libtorch};
+      } else if (backend == "onednn") {
+        options.backends = {scaffold::ConvBackend::onednn};
+      } else if (backend != "both") {
+        std::fprintf(stderr, "invalid value '%s' for --backend: expected both, libtorch or onednn\n", value);
+        std::exit(2);
+      }
     } else {
       std::fprintf(stderr,
-                   "unknown option %s; use --threads N, --batch N, --steps N, --channels-last, --scale S "
-                   "--layers L\n",
+                   "unknown option %s; use --threads N, --batch N, --steps N, --channels-last, "
+                   "--backend both|libtorch|onednn, --scale S --layers L\n",
                    flag.c_str());
       std::exit(2);
     }
@@ -234,14 +262,23 @@ BenchOptions parse_options(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const BenchOptions options = parse_options(argc, argv);
+  BenchOptions options = parse_options(argc, argv);
   torch::set_num_threads(options.threads);
-  std::printf("LibTorch %s, %d threads, %s layout\n", TORCH_VERSION, torch::get_num_threads(),
-              options.channels_last ? "channels_last_3d" : "contiguous NCDHW");
+  options.peak_gflops = scaffold_bench::best_fma_peak_gflops(options.threads);
+  std::printf("LibTorch %s, %d threads, %s layout, FMA peak %.1f GFLOP/s (register-only loop, %s)\n", TORCH_VERSION,
+              torch::get_num_threads(), options.channels_last ? "channels_last_3d" : "contiguous NCDHW",
+              options.peak_gflops, __builtin_cpu_supports("avx512f") ? "AVX-512" : "AVX2");
 
   for (const auto& bench_case : options.cases) {
     try {
-      run_case(bench_case, options);
+      std::vector<double> step_s;
+      for (const scaffold::ConvBackend backend : options.backends) {
+        step_s.push_back(run_case(bench_case, options, backend));
+      }
+      if (step_s.size() == 2) {
+        std::printf("scale=%d layers=%d: oneDNN step is %.2fx faster than LibTorch's\n", bench_case.scale,
+                    bench_case.layers, step_s[0] / step_s[1]);
+      }
     } catch (const std::exception& error) {
       std::fprintf(stderr, "scale=%d layers=%d failed: %s\n", bench_case.scale, bench_case.layers, error.what());
       return 1;

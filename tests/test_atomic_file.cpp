@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -67,6 +68,28 @@ TEST_F(AtomicFileTest, TextRoundTrip) {
 
   EXPECT_EQ(read_file(path), "seed: 42\nepochs: 3\n");
   EXPECT_EQ(entries_in(directory_), std::vector<std::string>{"config.yml"});
+}
+
+TEST_F(AtomicFileTest, DeferredSyncWritesSameBytes) {
+  const fs::path path = directory_ / "volume.bin";
+  const std::string text(100000, 'v');
+  const std::array<const char*, 0> no_faults{};
+  write_file_atomic(path, std::span<const std::byte>(reinterpret_cast<const std::byte*>(text.data()), text.size()),
+                    no_faults, Sync::kDeferred);
+  sync_filesystem(directory_);
+
+  EXPECT_EQ(read_file(path), text);
+  EXPECT_EQ(entries_in(directory_), std::vector<std::string>{"volume.bin"});
+}
+
+TEST_F(AtomicFileTest, SyncFilesystemNamesMissingPath) {
+  try {
+    sync_filesystem(directory_ / "missing");
+    FAIL() << "sync_filesystem accepted a missing path";
+  } catch (const IoError& error) {
+    EXPECT_NE(std::string(error.what()).find("missing"), std::string::npos) << error.what();
+    EXPECT_EQ(error.errno_value(), ENOENT);
+  }
 }
 
 TEST_F(AtomicFileTest, BinaryRoundTrip) {

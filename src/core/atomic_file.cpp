@@ -64,7 +64,7 @@ std::filesystem::path temporary_path_for(const std::filesystem::path& path) {
 }
 
 void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes,
-                       std::span<const char* const> write_faults) {
+                       std::span<const char* const> write_faults, Sync sync) {
   const std::filesystem::path temporary = temporary_path_for(path);
 
   const int fd = ::open(temporary.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
@@ -90,13 +90,26 @@ void write_file_atomic(const std::filesystem::path& path, std::span<const std::b
     fail("write", write_errno, true);
   }
 
-  if (::fsync(fd) != 0) fail("fsync", errno, true);
+  if (sync == Sync::kNow && ::fsync(fd) != 0) fail("fsync", errno, true);
   if (::close(fd) != 0) fail("close", errno, false);
   if (const int rename_errno = fault_point("atomic_rename"); rename_errno != 0) fail("rename", rename_errno, false);
   if (::rename(temporary.c_str(), path.c_str()) != 0) fail("rename", errno, false);
 
-  const std::filesystem::path directory = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
-  fsync_directory(directory);
+  if (sync == Sync::kNow) {
+    const std::filesystem::path directory = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+    fsync_directory(directory);
+  }
+}
+
+void sync_filesystem(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError("open", path, errno);
+  if (::syncfs(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    throw IoError("syncfs", path, error);
+  }
+  ::close(fd);
 }
 
 void write_file_atomic(const std::filesystem::path& path, std::string_view text,

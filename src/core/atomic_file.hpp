@@ -22,8 +22,14 @@ class IoError : public std::runtime_error {
   int errno_value_;
 };
 
+// When a write reaches the disk: kNow fsyncs the file and its directory before
+// returning. kDeferred leaves the data in the page cache, for files inside a
+// staging directory that the caller publishes only after sync_filesystem, so
+// that many files are flushed in one pass at the disk's sequential bandwidth.
+enum class Sync { kNow, kDeferred };
+
 // Writes `bytes` to `path` through its temporary name, then fsyncs the file and
-// the directory. On failure the temporary file is removed and IoError is thrown,
+// the directory (unless `sync` is kDeferred). On failure the temporary file is removed and IoError is thrown,
 // leaving any previous file at `path` unchanged.
 // Fault points (core/fault_injection.hpp): "atomic_write", then each name in
 // `write_faults`, after half of the data is written; "atomic_rename" before the
@@ -31,9 +37,13 @@ class IoError : public std::runtime_error {
 // NOTE: two threads of one process must not write the same path at once,
 // because they would share the temporary name.
 void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes,
-                       std::span<const char* const> write_faults = {});
+                       std::span<const char* const> write_faults = {}, Sync sync = Sync::kNow);
 void write_file_atomic(const std::filesystem::path& path, std::string_view text,
                        std::span<const char* const> write_faults = {});
+
+// Flushes every written file of the filesystem that contains `path` to disk
+// (syncfs). Throws IoError when `path` cannot be opened or the flush fails.
+void sync_filesystem(const std::filesystem::path& path);
 
 // Reads a whole file; throws IoError when it cannot be opened or read.
 std::string read_file(const std::filesystem::path& path);

@@ -308,11 +308,11 @@ std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& 
 }
 
 void write_npy(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape,
-               const void* data, const char* write_fault) {
+               const void* data, const char* write_fault, Sync sync) {
   const std::vector<std::byte> image = encode_npy(dtype, shape, data);
   const std::array<const char*, 2> faults = {"npy_write", write_fault};
   write_file_atomic(path, std::span<const std::byte>(image),
-                    std::span<const char* const>(faults.data(), write_fault != nullptr ? 2 : 1));
+                    std::span<const char* const>(faults.data(), write_fault != nullptr ? 2 : 1), sync);
 }
 
 namespace {

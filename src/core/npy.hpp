@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/atomic_file.hpp"
+
 namespace scaffold {
 
 // A malformed or unexpected .npy file; the message names the file and the defect.
@@ -38,11 +40,11 @@ struct NpyArray {
 // Throws std::invalid_argument for a negative extent, or for null data when the shape has elements.
 std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& shape, const void* data);
 
-// Writes atomically (temporary file, fsync, rename). Fault points
-// (core/fault_injection.hpp): "npy_write", then `write_fault` when given, at
-// write_file_atomic's "atomic_write" position.
+// Writes atomically (temporary file, fsync unless `sync` is kDeferred, rename).
+// Fault points (core/fault_injection.hpp): "npy_write", then `write_fault` when
+// given, at write_file_atomic's "atomic_write" position.
 void write_npy(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape,
-               const void* data, const char* write_fault = nullptr);
+               const void* data, const char* write_fault = nullptr, Sync sync = Sync::kNow);
 
 // The checked header of a .npy file.
 struct NpyHeader {

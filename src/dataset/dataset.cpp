@@ -439,6 +439,8 @@ DatasetInfo ensure_dataset(const Config& config, const RankShare& share) {
   std::string final_text;
   try {
     write_volume_files(config, plan, library, staging, share);
+    // Each rank flushes its own volumes (in one pass) before rank 0 publishes them.
+    sync_filesystem(staging);
     share.barrier();
     if (share.is_root()) final_text = finish_dataset(config, config_id, plan, root, staging, created).string();
   } catch (...) {

@@ -71,9 +71,11 @@ void write_one_volume(const Config& config, const VolumePlan& plan, const Fracta
 
   const bool validation = std::binary_search(plan.val_ids.begin(), plan.val_ids.end(), volume_index);
   const std::int64_t g = grid;
+  // The staging directory is synced once before it is published.
   write_npy(volume_file(dataset_dir, validation, volume_index), DType::kFloat32, {3, g, g, g}, volume.data(),
-            "volume_write");
-  write_npy(mask_file(dataset_dir, validation, volume_index), DType::kUInt16, {g, g, g}, mask.data(), "mask_write");
+            "volume_write", Sync::kDeferred);
+  write_npy(mask_file(dataset_dir, validation, volume_index), DType::kUInt16, {g, g, g}, mask.data(), "mask_write",
+            Sync::kDeferred);
 }
 
 }  // namespace

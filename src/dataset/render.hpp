@@ -38,7 +38,9 @@ std::filesystem::path mask_file(const std::filesystem::path& dataset_dir, bool v
 // volume starts, and the error of the lowest failing volume index is rethrown.
 // Fault points (core/fault_injection.hpp): "volume_write" for each volume file,
 // "mask_write" for each mask file.
-// With several ranks in `share`, each rank writes every size-th volume.
+// With several ranks in `share`, each rank writes every size-th volume. The
+// files are not synced (Sync::kDeferred): call sync_filesystem before
+// publishing them.
 void write_volume_files(const Config& config, const VolumePlan& plan, const FractalLibraryPaths& library,
                         const std::filesystem::path& dataset_dir, const RankShare& share = {});
 

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/atomic_file.hpp"
 #include "core/npy.hpp"
 
 namespace scaffold {
@@ -133,7 +134,10 @@ InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config&
 
       if (!valid) {
         const Instance instance = make_instance(classes[static_cast<std::size_t>(c)], c, k, seed, point_num);
-        write_npy(path, DType::kFloat32, {point_num, 3}, instance.xyz.data(), "instance_write");
+        // Synced all at once below: a killed run leaves whole files (rename),
+        // and a file cut short by a power loss fails read_instance's check
+        // and is regenerated.
+        write_npy(path, DType::kFloat32, {point_num, 3}, instance.xyz.data(), "instance_write", Sync::kDeferred);
         if (instance.attenuation != 1.0) {
           ++attenuated;
           spdlog::debug("instance {} of class {} needed weights attenuated by {}", k, c, instance.attenuation);
@@ -156,6 +160,7 @@ InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config&
   for (const std::exception_ptr& error : errors) {
     if (error) std::rethrow_exception(error);
   }
+  if (written.load() + regenerated.load() > 0) sync_filesystem(paths.instances_dir);
 
   std::int64_t counts[4] = {written.load(), reused.load(), regenerated.load(), attenuated.load()};
   share.sum_in_place(counts, 4);
