@@ -1,5 +1,6 @@
 // The scaffold command: generate_fractals builds the fractal library,
-// benchmark builds the dataset if needed and trains to the Dice target.
+// benchmark builds the dataset if needed and trains to the Dice target, show
+// draws one volume and report summarises runs.
 #include <unistd.h>
 
 #include <cstdlib>
@@ -16,6 +17,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/version.h>
 
+#include "cli/report_command.hpp"
+#include "cli/show_command.hpp"
 #include "core/atomic_file.hpp"
 #include "core/config.hpp"
 #include "core/file_lock.hpp"
@@ -25,6 +28,7 @@
 #include "fractal/library.hpp"
 #include "scaffold/version.hpp"
 #include "train/checkpoint.hpp"
+#include "train/final_images.hpp"
 #include "train/run_files.hpp"
 #include "train/trainer.hpp"
 
@@ -283,6 +287,9 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
   }
   scaffold::write_file_atomic(run_dir / "result.json", result_json(config, dataset, result).dump(2) + "\n");
   log_figure_of_merit(config, result);
+  // Slice images of validation volumes with the best checkpoint's prediction;
+  // logs a warning instead of failing the finished run.
+  scaffold::write_final_images(config, dataset, run_dir);
   spdlog::info("results in {}", run_dir.string());
   return result.converged || config.epochs != -1 ? 0 : 1;
 }
@@ -375,6 +382,11 @@ int main(int argc, char** argv) {
   add_list_override(*benchmark, shard_overrides, list_storage, "--dc-shard-dims", "dc_shard_dims",
                     "Tensor dimensions to shard (three integers)");
 
+  scaffold::ShowOptions show_options;
+  CLI::App* show = scaffold::add_show_command(app, show_options);
+  scaffold::ReportOptions report_options;
+  CLI::App* report = scaffold::add_report_command(app, report_options);
+
   CLI11_PARSE(app, argc, argv);
 
   const scaffold::Verbosity verbosity =
@@ -392,6 +404,12 @@ int main(int argc, char** argv) {
           scaffold::ensure_dataset(scaffold::load_config(files, collect_overrides(dataset_overrides)));
       spdlog::info("dataset ready: {}", dataset.dir.string());
       return 0;
+    }
+    if (show->parsed()) {
+      return scaffold::run_show_command(show_options);
+    }
+    if (report->parsed()) {
+      return scaffold::run_report_command(report_options);
     }
 
     scaffold::ConfigOverrides overrides = collect_overrides(benchmark_overrides);
