@@ -10,6 +10,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev libbenchmark-dev libstb-dev librandom123-dev
   python3-numpy
+  chromium  # headless browser for the report page test
 )
 
 missing=()

@@ -1,5 +1,6 @@
 // The scaffold command: generate_fractals builds the fractal library,
-// benchmark builds the dataset if needed and trains to the Dice target.
+// benchmark builds the dataset if needed and trains to the Dice target, show
+// draws one volume and report summarises runs.
 #include <unistd.h>
 
 #include <cstdlib>
@@ -16,6 +17,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/version.h>
 
+#include "cli/report_command.hpp"
+#include "cli/show_command.hpp"
 #include "core/atomic_file.hpp"
 #include "core/config.hpp"
 #include "core/file_lock.hpp"
@@ -515,6 +518,11 @@ int main(int argc, char** argv) {
   add_list_override(*benchmark, shard_overrides, list_storage, "--dc-shard-dims", "dc_shard_dims",
                     "Tensor dimensions to shard (three integers)");
 
+  scaffold::ShowOptions show_options;
+  CLI::App* show = scaffold::add_show_command(app, show_options);
+  scaffold::ReportOptions report_options;
+  CLI::App* report = scaffold::add_report_command(app, report_options);
+
   CLI11_PARSE(app, argc, argv);
 
   const scaffold::Verbosity verbosity =
@@ -549,6 +557,12 @@ int main(int argc, char** argv) {
     }
     if (generate_dataset->parsed()) {
       return run_generate_dataset(dataset_configs, collect_overrides(dataset_overrides), *group);
+    }
+    if (show->parsed()) {
+      return scaffold::run_show_command(show_options);
+    }
+    if (report->parsed()) {
+      return scaffold::run_report_command(report_options);
     }
 
     scaffold::ConfigOverrides overrides = collect_overrides(benchmark_overrides);

@@ -18,6 +18,7 @@
 #include "train/data_loader.hpp"
 #include "train/ddp.hpp"
 #include "train/evaluate.hpp"
+#include "train/final_images.hpp"
 #include "train/loss.hpp"
 #include "train/schedule.hpp"
 #include "train/threads.hpp"
@@ -437,6 +438,11 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
 
   fill_result(result, config, progress);
   result.comm_wait_s = reducer.wait_seconds();
+  if (root) {
+    // Slice images of validation volumes with the best checkpoint's prediction
+    // (these final weights without checkpoints); a failure is only a warning.
+    write_final_images(config, dataset, run_dir, &model);
+  }
   return result;
 }
 
