@@ -20,8 +20,10 @@
 #include "core/config.hpp"
 #include "core/file_lock.hpp"
 #include "core/logging.hpp"
+#include "core/progress.hpp"
 #include "core/stop_signal.hpp"
 #include "dataset/dataset.hpp"
+#include "dist/launch.hpp"
 #include "fractal/library.hpp"
 #include "scaffold/version.hpp"
 #include "train/checkpoint.hpp"
@@ -292,6 +294,7 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
 int main(int argc, char** argv) {
   CLI::App app{"scaffold: the Scale-free Fractal benchmark (3D fractal segmentation with a U-Net)"};
   app.require_subcommand(1);
+  app.fallthrough();  // -v and -q also work after the subcommand
   int verbose = 0;
   bool quiet = false;
   app.add_flag("-v,--verbose", verbose, "Debug logging");
@@ -368,6 +371,8 @@ int main(int argc, char** argv) {
                "CPU convolutions: libtorch (default) or onednn");
   add_override(*benchmark, benchmark_overrides, "--checkpoint-interval", "checkpoint_interval",
                "Checkpoint every N epochs (-1: never)");
+  add_override(*benchmark, benchmark_overrides, "--mlperf-log", "mlperf_log",
+               "1 also writes MLPerf ':::MLLOG' lines to the log and to <run>/mllog.txt");
   std::vector<OverrideOption> shard_overrides;
   shard_overrides.reserve(2);
   add_list_override(*benchmark, shard_overrides, list_storage, "--dc-num-shards", "dc_num_shards",
@@ -380,6 +385,7 @@ int main(int argc, char** argv) {
   const scaffold::Verbosity verbosity =
       quiet ? scaffold::Verbosity::kQuiet : (verbose > 0 ? scaffold::Verbosity::kDebug : scaffold::Verbosity::kNormal);
   scaffold::setup_logging(verbosity, 0);
+  scaffold::set_progress_enabled(!quiet && scaffold::discover_launch().rank.value_or(0) == 0);
   scaffold::install_stop_handlers();
 
   try {

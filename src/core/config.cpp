@@ -50,6 +50,7 @@ const std::vector<KeySpec>& key_specs() {
       {"job_name", kUserFacing, &Config::job_name},
       {"async_save", kUserFacing, &Config::async_save},
       {"conv_backend", kUserFacing, &Config::conv_backend},
+      {"mlperf_log", kUserFacing, &Config::mlperf_log},
 
       {"n_categories", kProblem, &Config::n_categories},
       {"n_instances_used_per_fractal", kProblem, &Config::n_instances_used_per_fractal},

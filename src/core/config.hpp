@@ -76,6 +76,11 @@ struct Config {
   // end to end, so LibTorch's path stays the default for now.
   std::string conv_backend = "libtorch";
 
+  // This implementation's own key: 1 also writes MLPerf-style ":::MLLOG"
+  // lines (run_start, epoch_start/epoch_stop, eval_accuracy, run_stop, ...)
+  // to the log and to <run>/mllog.txt.
+  bool mlperf_log = false;
+
   bool operator==(const Config&) const = default;
 
   // Derived values. Files may contain them (a run directory's config.yaml does),

@@ -11,6 +11,8 @@
 #include <omp.h>
 
 #include "core/npy.hpp"
+#include "core/progress.hpp"
+#include "core/trace.hpp"
 
 namespace scaffold {
 
@@ -90,6 +92,8 @@ void write_volume_files(const Config& config, const VolumePlan& plan, const Frac
   std::atomic<bool> failed = false;
   int failed_index = std::numeric_limits<int>::max();
   std::exception_ptr failure;
+  const TraceRegion region("volumes");
+  Progress progress("volumes", n_volumes, "volumes");
 
 #pragma omp parallel
   {
@@ -102,6 +106,7 @@ void write_volume_files(const Config& config, const VolumePlan& plan, const Frac
       if (failed.load(std::memory_order_relaxed)) continue;
       try {
         write_one_volume(config, plan, library, dataset_dir, v, volume, mask);
+        progress.advance();
       } catch (...) {
 #pragma omp critical(scaffold_write_volume_failure)
         {

@@ -14,11 +14,14 @@
 #include "core/atomic_file.hpp"
 #include "core/fault_injection.hpp"
 #include "core/stop_signal.hpp"
+#include "core/progress.hpp"
+#include "core/trace.hpp"
 #include "train/checkpoint.hpp"
 #include "train/data_loader.hpp"
 #include "train/loss.hpp"
 #include "train/schedule.hpp"
 #include "train/threads.hpp"
+#include "train/training_monitor.hpp"
 
 namespace scaffold {
 
@@ -103,11 +106,15 @@ struct StepOutput {
 StepOutput train_step(UNet& model, torch::optim::Optimizer& optimizer, const Batch& batch,
                       const torch::Tensor& class_weights) {
   // logits: [B, n_classes, D, H, W]
+  TraceRegion region("predict");
   const torch::Tensor logits = model->forward(batch.volume);
+  region.next("calculate_loss");
   const LossTerms terms = segmentation_loss(logits, batch.mask, class_weights);
 
+  region.next("backward");
   optimizer.zero_grad();
   terms.loss.backward();
+  region.next("step_and_update");
   clip_grad_norm(model->parameters(), kMaxGradNorm);
   optimizer.step();
 
@@ -129,11 +136,14 @@ ValidationOutput validate_batch(UNet& model, const Batch& batch, const torch::Te
 
 ValidationOutput run_validation(UNet& model, const Config& config, const DatasetInfo& dataset,
                                 const torch::Tensor& class_weights, int max_batches) {
+  const TraceRegion region("evaluate");
   torch::NoGradGuard no_grad;
   model->eval();
   ValidationOutput total;
   PrefetchLoader loader(dataset, Split::kValidation, dataset.val_ids, config.local_batch_size,
                         config.dataloader_num_workers > 0 ? kPrefetchBatches : 0);
+  Progress progress_bar("validation", max_batches >= 0 ? std::min(max_batches, loader.batch_count()) : loader.batch_count(),
+                        "batches", {.keep_bar = false});
   int batches = 0;
   while (auto batch = loader.next()) {
     if (max_batches >= 0 && batches >= max_batches) {
@@ -144,6 +154,7 @@ ValidationOutput run_validation(UNet& model, const Config& config, const Dataset
     total.dice_sum += part.dice_sum;
     total.samples += part.samples;
     ++batches;
+    progress_bar.advance();
   }
   model->train();
   return total;
@@ -157,6 +168,7 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
   if (config.warmup_batches <= 0) {
     return;
   }
+  const TraceRegion region("warmup");
   const Clock::time_point start = Clock::now();
 
   // Snapshot every parameter and buffer, and the torch CPU generator.
@@ -255,6 +267,7 @@ void fill_result(TrainingResult& result, const Config& config, const TrainingPro
 
 TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const fs::path& run_dir, bool resume) {
   TrainingResult result;
+  TrainingMonitor monitor(config, dataset, run_dir);
   result.compute_threads = configure_compute_threads();
   if (config.more_determinism) {
     // Deterministic kernels where LibTorch has a choice; warn instead of failing where it has none.
@@ -317,6 +330,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     }
   }
 
+  monitor.run_start();
   for (int epoch = progress.epoch + 1; progress.val_dice < config.target_dice; ++epoch) {
     if (config.epochs != -1 && epoch > config.epochs) {
       spdlog::warn("stopping after the epoch cap of {} without reaching validation Dice {} (reached {:.4f})",
@@ -338,7 +352,9 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     PrefetchLoader loader(dataset, Split::kTraining,
                           epoch_order(dataset.train_ids, static_cast<std::uint64_t>(config.seed), epoch),
                           config.local_batch_size, config.dataloader_num_workers > 0 ? kPrefetchBatches : 0);
+    monitor.epoch_start(epoch, loader.batch_count());
     while (auto batch = loader.next()) {
+      monitor.step_start();
       const Clock::time_point step_start = Clock::now();
       const StepOutput step = train_step(model, *optimizer, *batch, class_weights);
       const double step_s = seconds_since(step_start);
@@ -353,10 +369,12 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
       train_samples += batch->size();
       ++stats.optimizer_steps;
       fault_point("train_step");
+      monitor.step_end();
       if (const int signal_number = stop_signal()) {
         throw StopRequested{signal_number};
       }
     }
+    monitor.train_steps_end();
     progress.total_optimizer_steps += stats.optimizer_steps;
     progress.train_samples_total += train_samples;
     stats.overall_loss = stats.epoch_loss / train_samples;
@@ -369,6 +387,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     stats.val_dice = validation.dice_sum / validation.samples;
     check_finite(stats.val_loss_avg, "validation loss", epoch);
     check_finite(stats.val_dice, "validation Dice", epoch);
+    monitor.validation_end(stats.val_dice);
     scheduler.step();
     stats.epoch_duration = seconds_since(epoch_start);
     stats.total_optimizer_steps = progress.total_optimizer_steps;
@@ -394,6 +413,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     }
   }
 
+  monitor.run_stop(progress.val_dice >= config.target_dice);
   fill_result(result, config, progress);
   return result;
 }
