@@ -141,6 +141,7 @@ TEST(ConfigDefaults, MatchReferenceValues) {
   EXPECT_EQ(c.job_name, "benchmark");
   EXPECT_FALSE(c.async_save);
   EXPECT_EQ(c.conv_backend, "libtorch");
+  EXPECT_FALSE(c.mlperf_log);
 
   EXPECT_NO_THROW(validate(c));
 }
@@ -767,6 +768,7 @@ TEST(ConfigYaml, RoundTripOfChangedValues) {
   c.dc_shard_dims = {4, 2, 3};
   c.torch_amp = false;
   c.async_save = true;
+  c.mlperf_log = true;
   c.epochs = 17;
   ASSERT_NO_THROW(validate(c));
 

@@ -24,6 +24,7 @@
 #include "core/file_lock.hpp"
 #include "core/hash.hpp"
 #include "core/logging.hpp"
+#include "core/progress.hpp"
 #include "core/stop_signal.hpp"
 #include "dataset/dataset.hpp"
 #include "dist/launch.hpp"
@@ -435,6 +436,7 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
 int main(int argc, char** argv) {
   CLI::App app{"scaffold: the Scale-free Fractal benchmark (3D fractal segmentation with a U-Net)"};
   app.require_subcommand(1);
+  app.fallthrough();  // -v and -q also work after the subcommand
   int verbose = 0;
   bool quiet = false;
   app.add_flag("-v,--verbose", verbose, "Debug logging");
@@ -511,6 +513,8 @@ int main(int argc, char** argv) {
                "CPU convolutions: libtorch (default) or onednn");
   add_override(*benchmark, benchmark_overrides, "--checkpoint-interval", "checkpoint_interval",
                "Checkpoint every N epochs (-1: never)");
+  add_override(*benchmark, benchmark_overrides, "--mlperf-log", "mlperf_log",
+               "1 also writes MLPerf ':::MLLOG' lines to the log and to <run>/mllog.txt");
   std::vector<OverrideOption> shard_overrides;
   shard_overrides.reserve(2);
   add_list_override(*benchmark, shard_overrides, list_storage, "--dc-num-shards", "dc_num_shards",
@@ -549,6 +553,7 @@ int main(int argc, char** argv) {
       spdlog::set_level(spdlog::level::err);
     }
   }
+  scaffold::set_progress_enabled(!quiet && group->is_root());
   scaffold::install_stop_handlers();
 
   try {

@@ -51,6 +51,7 @@ const std::vector<KeySpec>& key_specs() {
       {"async_save", kUserFacing, &Config::async_save},
       {"conv_backend", kUserFacing, &Config::conv_backend},
       {"ddp_bucket_cap_mb", kUserFacing, &Config::ddp_bucket_cap_mb},
+      {"mlperf_log", kUserFacing, &Config::mlperf_log},
 
       {"n_categories", kProblem, &Config::n_categories},
       {"n_instances_used_per_fractal", kProblem, &Config::n_instances_used_per_fractal},

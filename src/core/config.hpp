@@ -81,6 +81,11 @@ struct Config {
   // (the default of torch DDP's bucket_cap_mb).
   double ddp_bucket_cap_mb = 25.0;
 
+  // This implementation's own key: 1 also writes MLPerf-style ":::MLLOG"
+  // lines (run_start, epoch_start/epoch_stop, eval_accuracy, run_stop, ...)
+  // to the log and to <run>/mllog.txt.
+  bool mlperf_log = false;
+
   bool operator==(const Config&) const = default;
 
   // Derived values. Files may contain them (a run directory's config.yaml does),

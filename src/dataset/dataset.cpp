@@ -21,6 +21,7 @@
 #include "core/file_lock.hpp"
 #include "core/hash.hpp"
 #include "core/npy.hpp"
+#include "core/trace.hpp"
 #include "dataset/contents.hpp"
 #include "dataset/render.hpp"
 #include "fractal/library.hpp"
@@ -383,6 +384,7 @@ std::string dataset_config_json(const Config& config) { return config_subset(con
 std::string dataset_config_id(const Config& config) { return sha256_hex(dataset_config_json(config)).substr(0, 12); }
 
 DatasetInfo ensure_dataset(const Config& config, const RankShare& share) {
+  const TraceRegion region("get_dataset");
   check_dataset_config(config);
   const std::string config_id = dataset_config_id(config);
   const fs::path root = fs::path(config.dataset_dir) / config_id;

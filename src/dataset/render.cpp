@@ -11,6 +11,8 @@
 #include <omp.h>
 
 #include "core/npy.hpp"
+#include "core/progress.hpp"
+#include "core/trace.hpp"
 
 namespace scaffold {
 
@@ -92,6 +94,8 @@ void write_volume_files(const Config& config, const VolumePlan& plan, const Frac
   std::atomic<bool> failed = false;
   int failed_index = std::numeric_limits<int>::max();
   std::exception_ptr failure;
+  const TraceRegion region("volumes");
+  Progress progress("volumes", n_volumes, "volumes");
 
 #pragma omp parallel
   {
@@ -104,6 +108,7 @@ void write_volume_files(const Config& config, const VolumePlan& plan, const Frac
       if (!share.owns(v) || failed.load(std::memory_order_relaxed)) continue;
       try {
         write_one_volume(config, plan, library, dataset_dir, v, volume, mask);
+        progress.advance();
       } catch (...) {
 #pragma omp critical(scaffold_write_volume_failure)
         {

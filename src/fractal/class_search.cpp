@@ -15,6 +15,8 @@
 #include <stdexcept>
 
 #include "core/atomic_file.hpp"
+#include "core/progress.hpp"
+#include "core/trace.hpp"
 #include "fractal/library.hpp"
 
 namespace scaffold {
@@ -27,9 +29,6 @@ constexpr const char* kStateHeader = "# scaffold class search position; delete t
 // an error instead of running forever.
 // NOTE: a plausible but very strict threshold could need more; the limit is a guess.
 constexpr std::uint64_t kMaxAttemptsWithoutAcceptance = 1'000'000;
-
-// Rounds are logged at info level at most this often, else at debug level.
-constexpr double kProgressLogInterval_s = 10.0;
 
 std::string defect_hint() {
   return " Delete the file to search for this class again, or set datagen_from_scratch: 1 to rebuild the "
@@ -369,14 +368,16 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
                state.next_attempt);
 
   // 3. Rounds: evaluate a block of attempts in parallel, then accept in order.
+  const TraceRegion region("class_search");
   const auto started = std::chrono::steady_clock::now();
-  double last_progress_log_s = 0.0;
+  Progress progress("class search", n - state.accepted, "classes");
   std::uint64_t attempts_since_acceptance = 0;
   std::uint64_t accepted_here = 0;
   while (static_cast<int>(classes.size()) < n) {
     const int remaining = n - static_cast<int>(classes.size());
     const std::uint64_t count = round_size(batch_size, remaining, stats.attempts, accepted_here);
     const std::uint64_t first = state.next_attempt;
+    const std::size_t classes_before_round = classes.size();
 
     std::vector<ClassCandidate> candidates(count);
     // 1 + the verdict of each candidate this rank evaluated, 0 for the others.
@@ -451,11 +452,10 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
     if (share.is_root()) write_state(params_dir, state);
 
     const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const bool log_at_info = elapsed_s - last_progress_log_s >= kProgressLogInterval_s;
-    if (log_at_info) last_progress_log_s = elapsed_s;
-    spdlog::log(log_at_info ? spdlog::level::info : spdlog::level::debug,
-                "class search: {} of {} classes after {} attempts ({:.0f} candidates/s)", classes.size(), n,
-                stats.attempts, static_cast<double>(stats.attempts) / std::max(elapsed_s, 1e-9));
+    progress.set_detail(fmt::format("{} attempts", stats.attempts));
+    progress.advance(static_cast<std::int64_t>(classes.size() - classes_before_round));
+    spdlog::debug("class search: {} of {} classes after {} attempts ({:.0f} candidates/s)", classes.size(), n,
+                  stats.attempts, static_cast<double>(stats.attempts) / std::max(elapsed_s, 1e-9));
 
     if (attempts_since_acceptance >= kMaxAttemptsWithoutAcceptance) {
       throw std::runtime_error("class search accepted no candidate in " + std::to_string(attempts_since_acceptance) +
@@ -465,6 +465,7 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
     }
   }
 
+  progress.finish();
   const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const double rate = stats.attempts > 0 ? static_cast<double>(accepted_here) / static_cast<double>(stats.attempts) : 0;
   spdlog::info("class search: {} classes ({} written, {} reused) after {} attempts from attempt {}; accept rate "

@@ -11,12 +11,11 @@
 
 #include "core/atomic_file.hpp"
 #include "core/npy.hpp"
+#include "core/progress.hpp"
+#include "core/trace.hpp"
 
 namespace scaffold {
 namespace {
-
-// Progress of instance generation is logged at most this often.
-constexpr double kProgressLogInterval_s = 10.0;
 
 // 0.4 .. 1.6 in steps of 0.1, written as literals so that each weight is the
 // double nearest to its decimal value, as when the table is read from text.
@@ -108,8 +107,8 @@ InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config&
 
   std::atomic<std::int64_t> written{0}, reused{0}, regenerated{0}, attenuated{0};
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n_items));
-  std::atomic<std::int64_t> finished{0};
-  std::atomic<double> last_progress_log_s{0.0};
+  const TraceRegion region("instances");
+  Progress progress("instances", n_items, "instances");
 
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t item = 0; item < n_items; ++item) {
@@ -146,15 +145,9 @@ InstanceStats generate_instances(const FractalLibraryPaths& paths, const Config&
     } catch (...) {
       errors[static_cast<std::size_t>(item)] = std::current_exception();
     }
-
-    // Whichever thread first sees the interval pass logs the progress.
-    const std::int64_t done = ++finished;
-    const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    double last_s = last_progress_log_s.load();
-    if (elapsed_s - last_s >= kProgressLogInterval_s && last_progress_log_s.compare_exchange_strong(last_s, elapsed_s)) {
-      spdlog::info("instances: {} of {} checked or written after {:.0f} s", done, n_items, elapsed_s);
-    }
+    progress.advance();
   }
+  progress.finish();
 
   // The first failure in (class, instance) order, whatever the thread schedule.
   for (const std::exception_ptr& error : errors) {

@@ -8,6 +8,7 @@
 
 #include "core/atomic_file.hpp"
 #include "core/logging.hpp"
+#include "core/trace.hpp"
 #include "dataset/dataset.hpp"
 
 namespace scaffold {
@@ -265,6 +266,7 @@ void CheckpointWriter::after_epoch(UNet& model, torch::optim::Optimizer& optimiz
   if (stats.epoch % interval_ != 0 && !is_last_epoch) {
     return;
   }
+  const TraceRegion region("checkpoint");
 
   // Best is judged among the saved epochs, as the reference does.
   const bool best = stats.val_loss_avg < progress.best_val_loss;

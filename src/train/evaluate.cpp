@@ -1,8 +1,11 @@
 #include "train/evaluate.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
+#include "core/progress.hpp"
+#include "core/trace.hpp"
 #include "train/data_loader.hpp"
 #include "train/loss.hpp"
 
@@ -10,6 +13,7 @@ namespace scaffold {
 
 ValidationOutput run_validation(UNet& model, const Config& config, const DatasetInfo& dataset,
                                 const torch::Tensor& class_weights, int max_batches, ProcessGroup& group) {
+  const TraceRegion region("evaluate");
   torch::NoGradGuard no_grad;
   model->eval();
   const IndexRange shard = validation_shard(dataset.val_ids.size(), group.rank(), group.size());
@@ -22,6 +26,9 @@ ValidationOutput run_validation(UNet& model, const Config& config, const Dataset
   double loss_sum = 0.0;
   PrefetchLoader loader(dataset, Split::kValidation, ids, config.local_batch_size,
                         config.dataloader_num_workers > 0 ? kValidationPrefetchBatches : 0);
+  Progress progress_bar("validation",
+                        max_batches >= 0 ? std::min(max_batches, loader.batch_count()) : loader.batch_count(),
+                        "batches", {.keep_bar = false});
   std::size_t position = shard.begin;
   int batches = 0;
   while (auto batch = loader.next()) {
@@ -37,6 +44,7 @@ ValidationOutput run_validation(UNet& model, const Config& config, const Dataset
       validated[position] = 1.0;
     }
     ++batches;
+    progress_bar.advance();
   }
   model->train();
 

@@ -14,6 +14,8 @@
 #include "core/atomic_file.hpp"
 #include "core/fault_injection.hpp"
 #include "core/stop_signal.hpp"
+#include "core/progress.hpp"
+#include "core/trace.hpp"
 #include "train/checkpoint.hpp"
 #include "train/data_loader.hpp"
 #include "train/ddp.hpp"
@@ -22,6 +24,7 @@
 #include "train/loss.hpp"
 #include "train/schedule.hpp"
 #include "train/threads.hpp"
+#include "train/training_monitor.hpp"
 
 namespace scaffold {
 
@@ -125,12 +128,16 @@ struct StepOutput {
 StepOutput train_step(UNet& model, torch::optim::Optimizer& optimizer, const Batch& batch,
                       const torch::Tensor& class_weights, GradientAllReducer& reducer) {
   // logits: [B, n_classes, D, H, W]
+  TraceRegion region("predict");
   const torch::Tensor logits = model->forward(batch.volume);
+  region.next("calculate_loss");
   const LossTerms terms = segmentation_loss(logits, batch.mask, class_weights);
 
+  region.next("backward");
   optimizer.zero_grad();
   terms.loss.backward();
   reducer.finish();
+  region.next("step_and_update");
   clip_grad_norm(model->parameters(), kMaxGradNorm);
   optimizer.step();
 
@@ -146,6 +153,7 @@ void warm_up(UNet& model, const Config& config, const DatasetInfo& dataset, cons
   if (config.warmup_batches <= 0) {
     return;
   }
+  const TraceRegion region("warmup");
   const Clock::time_point start = Clock::now();
 
   // Snapshot every parameter and buffer, and the torch CPU generator.
@@ -248,6 +256,7 @@ void fill_result(TrainingResult& result, const Config& config, const TrainingPro
 TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, const fs::path& run_dir, bool resume,
                           ProcessGroup& group) {
   TrainingResult result;
+  TrainingMonitor monitor(config, dataset, run_dir);
   result.world_size = group.size();
   result.compute_threads = configure_compute_threads(group.local_size());
   if (config.more_determinism) {
@@ -335,6 +344,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     }
   }
 
+  monitor.run_start();
   for (int epoch = progress.epoch + 1; progress.val_dice < config.target_dice; ++epoch) {
     if (config.epochs != -1 && epoch > config.epochs) {
       spdlog::warn("stopping after the epoch cap of {} without reaching validation Dice {} (reached {:.4f})",
@@ -359,7 +369,9 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
         epoch_order(dataset.train_ids, static_cast<std::uint64_t>(config.seed), epoch), group.rank(), group.size());
     PrefetchLoader loader(dataset, Split::kTraining, shard, config.local_batch_size,
                           config.dataloader_num_workers > 0 ? kPrefetchBatches : 0);
+    monitor.epoch_start(epoch, loader.batch_count());
     while (auto batch = loader.next()) {
+      monitor.step_start();
       const Clock::time_point step_start = Clock::now();
       const StepOutput step = train_step(model, *optimizer, *batch, class_weights, reducer);
       const double step_s = seconds_since(step_start);
@@ -374,12 +386,14 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
       sums[2] += batch->size();
       ++stats.optimizer_steps;
       fault_point("train_step");
+      monitor.step_end();
       if (group.size() > 1) {
         stop_if_requested(group);
       } else if (const int signal_number = stop_signal()) {
         throw StopRequested{signal_number};
       }
     }
+    monitor.train_steps_end();
     // Every rank took the same steps; a step takes as long as its slowest rank.
     group.all_reduce_sum(sums, 3);
     group.all_reduce_max(step_times.data(), step_times.size());
@@ -398,6 +412,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     stats.val_dice = validation.dice_sum / validation.samples;
     check_finite(stats.val_loss_avg, "validation loss", epoch);
     check_finite(stats.val_dice, "validation Dice", epoch);
+    monitor.validation_end(stats.val_dice);
     scheduler.step();
     stats.epoch_duration = seconds_since(epoch_start);
     stats.total_optimizer_steps = progress.total_optimizer_steps;
@@ -436,6 +451,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     }
   }
 
+  monitor.run_stop(progress.val_dice >= config.target_dice);
   fill_result(result, config, progress);
   result.comm_wait_s = reducer.wait_seconds();
   if (root) {
