@@ -12,39 +12,53 @@ namespace {
 
 constexpr int kBaseWidth = 64;
 
+constexpr double kGroupNormEps = 1e-5;
 
-torch::nn::GroupNorm make_group_norm(int groups, int channels) {
-  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(1e-5).affine(true));
+// Appends GroupNorm and ReLU as two entries of `layers`, so that the GroupNorm
+// parameters keep their index in the parameter names with either backend.
+void push_group_norm_relu(torch::nn::Sequential& layers, int groups, int channels, NormBackend norm_backend) {
+  if (norm_backend == NormBackend::fused) {
+    layers->push_back(GroupNormReLU(groups, channels, kGroupNormEps));
+    layers->push_back(torch::nn::Identity());
+    return;
+  }
+
+  // In-place ReLU is safe here because GroupNorm's backward reads its input,
+  // not its output, and it saves one activation-sized buffer per block.
+  layers->push_back(
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(kGroupNormEps).affine(true)));
+  layers->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
 }
 
 }  // namespace
 
-DoubleConvImpl::DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend) {
-  // In-place ReLU is safe here because GroupNorm's backward reads its input,
-  // not its output, and it saves one activation-sized buffer per block.
+DoubleConvImpl::DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend,
+                               NormBackend norm_backend) {
   double_conv_->push_back(make_conv3d(in_channels, out_channels, 3, 1, false, backend));
-  double_conv_->push_back(make_group_norm(group_norm_groups, out_channels));
-  double_conv_->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+  push_group_norm_relu(double_conv_, group_norm_groups, out_channels, norm_backend);
   double_conv_->push_back(make_conv3d(out_channels, out_channels, 3, 1, false, backend));
-  double_conv_->push_back(make_group_norm(group_norm_groups, out_channels));
-  double_conv_->push_back(torch::nn::ReLU(torch::nn::ReLUOptions(true)));
+  push_group_norm_relu(double_conv_, group_norm_groups, out_channels, norm_backend);
   register_module("double_conv", double_conv_);
 }
 
 torch::Tensor DoubleConvImpl::forward(const torch::Tensor& x) { return double_conv_->forward(x); }
 
-DownImpl::DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend) {
-  maxpool_conv_ = torch::nn::Sequential(torch::nn::MaxPool3d(torch::nn::MaxPool3dOptions(2).stride(2)),
-                                        DoubleConv(in_channels, out_channels, group_norm_groups, backend));
+DownImpl::DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend,
+                   NormBackend norm_backend) {
+  maxpool_conv_ =
+      torch::nn::Sequential(torch::nn::MaxPool3d(torch::nn::MaxPool3dOptions(2).stride(2)),
+                            DoubleConv(in_channels, out_channels, group_norm_groups, backend, norm_backend));
   register_module("maxpool_conv", maxpool_conv_);
 }
 
 torch::Tensor DownImpl::forward(const torch::Tensor& x) { return maxpool_conv_->forward(x); }
 
-UpImpl::UpImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend) {
+UpImpl::UpImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend,
+               NormBackend norm_backend) {
   up_ = make_conv_transpose3d(in_channels, in_channels / 2, true, backend);
   register_module("up", up_.ptr());
-  conv_ = register_module("conv", DoubleConv(in_channels, out_channels, group_norm_groups, backend));
+  conv_ = register_module("conv",
+                          DoubleConv(in_channels, out_channels, group_norm_groups, backend, norm_backend));
 }
 
 torch::Tensor UpImpl::forward(const torch::Tensor& deep, const torch::Tensor& skip) {
@@ -64,6 +78,11 @@ OutConvImpl::OutConvImpl(int in_channels, int n_classes, ConvBackend backend) {
 torch::Tensor OutConvImpl::forward(const torch::Tensor& x) { return conv_.forward(x); }
 
 UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups, ConvBackend backend)
+    : UNetImpl(in_channels, n_classes, layers, group_norm_groups, backend,
+               backend == ConvBackend::onednn ? NormBackend::fused : NormBackend::libtorch) {}
+
+UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups, ConvBackend backend,
+                   NormBackend norm_backend)
     : in_channels_(in_channels), n_classes_(n_classes), layers_(layers) {
   if (layers < 1) {
     throw std::invalid_argument(fmt::format(
@@ -85,16 +104,16 @@ UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_gr
 
   // Register in the reference order (inc, down1.., up1.., outc) so that
   // parameters() lists tensors in the same order as the reference state dict.
-  inc_ = register_module("inc", DoubleConv(in_channels, kBaseWidth, group_norm_groups, backend));
+  inc_ = register_module("inc", DoubleConv(in_channels, kBaseWidth, group_norm_groups, backend, norm_backend));
   for (int i = 0; i < layers; ++i) {
     const int width = kBaseWidth << i;
     downs_.push_back(register_module(fmt::format("down{}", i + 1),
-                                     Down(width, 2 * width, group_norm_groups, backend)));
+                                     Down(width, 2 * width, group_norm_groups, backend, norm_backend)));
   }
   for (int i = 0; i < layers; ++i) {
     const int deep_width = kBaseWidth << (layers - i);
     ups_.push_back(register_module(fmt::format("up{}", i + 1),
-                                   Up(deep_width, deep_width / 2, group_norm_groups, backend)));
+                                   Up(deep_width, deep_width / 2, group_norm_groups, backend, norm_backend)));
   }
   outc_ = register_module("outc", OutConv(kBaseWidth, n_classes, backend));
 }

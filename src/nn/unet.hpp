@@ -14,6 +14,7 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/pimpl.h>
 
+#include "nn/groupnorm_relu.hpp"
 #include "nn/onednn_conv.hpp"
 
 namespace scaffold {
@@ -21,13 +22,17 @@ namespace scaffold {
 // Conv3d(k3, p1, no bias) -> GroupNorm -> ReLU, twice.
 class DoubleConvImpl : public torch::nn::Module {
  public:
+  // `norm_backend` selects the GroupNorm + ReLU pairs. Both choices have the
+  // same parameter names, shapes and initial values.
   DoubleConvImpl(int in_channels, int out_channels, int group_norm_groups,
-                 ConvBackend backend = ConvBackend::libtorch);
+                 ConvBackend backend = ConvBackend::libtorch, NormBackend norm_backend = NormBackend::libtorch);
 
   // x: [N, in_channels, D, H, W] -> [N, out_channels, D, H, W]
   torch::Tensor forward(const torch::Tensor& x);
 
   // Layers in order: 0 conv, 1 GroupNorm, 2 ReLU, 3 conv, 4 GroupNorm, 5 ReLU.
+  // With NormBackend::fused, 1 and 4 are GroupNormReLU and 2 and 5 are
+  // torch::nn::Identity, which keeps the indices in parameter names.
   torch::nn::Sequential& layers() { return double_conv_; }
 
  private:
@@ -38,7 +43,8 @@ TORCH_MODULE(DoubleConv);
 // MaxPool3d(2) -> DoubleConv: halves each spatial size.
 class DownImpl : public torch::nn::Module {
  public:
-  DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend = ConvBackend::libtorch);
+  DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend = ConvBackend::libtorch,
+           NormBackend norm_backend = NormBackend::libtorch);
 
   // x: [N, in_channels, D, H, W] -> [N, out_channels, D/2, H/2, W/2]
   torch::Tensor forward(const torch::Tensor& x);
@@ -52,7 +58,8 @@ TORCH_MODULE(Down);
 // DoubleConv(in -> out) on the channel concatenation [skip, upsampled].
 class UpImpl : public torch::nn::Module {
  public:
-  UpImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend = ConvBackend::libtorch);
+  UpImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend = ConvBackend::libtorch,
+         NormBackend norm_backend = NormBackend::libtorch);
 
   // deep: [N, in_channels, D/2, H/2, W/2], skip: [N, in_channels/2, D, H, W]
   // -> [N, out_channels, D, H, W]
@@ -84,9 +91,14 @@ class UNetImpl : public torch::nn::Module {
   // Throws std::invalid_argument when layers < 1, a channel count is < 1, or
   // group_norm_groups does not divide the base width 64. `backend` selects the
   // convolution implementation; parameter names and initial values are the
-  // same for both.
+  // same for both. The GroupNorm + ReLU pairs follow it: LibTorch's modules
+  // with ConvBackend::libtorch, the fused GroupNormReLU with ConvBackend::onednn.
   UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups,
            ConvBackend backend = ConvBackend::libtorch);
+
+  // Same, with the GroupNorm + ReLU implementation chosen separately.
+  UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups, ConvBackend backend,
+           NormBackend norm_backend);
 
   // x: [N, in_channels, D, H, W] float32 -> logits [N, n_classes, D, H, W].
   // Throws std::invalid_argument unless D, H and W are positive multiples of
