@@ -216,18 +216,19 @@ TEST(EndToEnd, UnusableBaseRunDirIsNamedBeforeGeneration) {
   EXPECT_FALSE(fs::exists(dir.path() / "datasets"));
 }
 
-TEST(EndToEnd, OnednnBackendTrainsAnEpoch) {
-  TempDir dir("e2e_onednn");
+TEST(EndToEnd, LibtorchBackendTrainsAnEpoch) {
+  // oneDNN is the default, so LibTorch's own kernels need the option.
+  TempDir dir("e2e_libtorch");
   scaffold::write_file_atomic(dir.path() / "cfg.yml",
                               std::string_view("problem_scale: 4\nunet_bottleneck_dim: 3\nn_categories: 1\n"
                                                "n_instances_used_per_fractal: 30\nwarmup_batches: 1\nepochs: 1\n"));
   const CommandResult result =
-      run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --conv-backend onednn --base-run-dir runs"));
+      run_in(dir.path(), scaffold_command("benchmark -c cfg.yml --conv-backend libtorch --base-run-dir runs"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
-  EXPECT_NE(result.output.find("convolutions: oneDNN"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("CPU kernels: LibTorch's own convolutions"), std::string::npos) << result.output;
   std::ifstream result_file(only_run_dir(dir.path() / "runs") / "result.json");
   const nlohmann::json json = nlohmann::json::parse(result_file);
-  EXPECT_EQ(json["conv_backend"].get<std::string>(), "onednn");
+  EXPECT_EQ(json["conv_backend"].get<std::string>(), "libtorch");
   EXPECT_EQ(json["epochs"].get<int>(), 1);
   EXPECT_TRUE(std::isfinite(json["final_val_dice"].get<double>()));
 }

@@ -140,7 +140,8 @@ TEST(ConfigDefaults, MatchReferenceValues) {
 
   EXPECT_EQ(c.job_name, "benchmark");
   EXPECT_FALSE(c.async_save);
-  EXPECT_EQ(c.conv_backend, "libtorch");
+  EXPECT_EQ(c.conv_backend, "onednn");
+  EXPECT_DOUBLE_EQ(c.ddp_bucket_cap_mb, 25.0);
   EXPECT_FALSE(c.mlperf_log);
 
   EXPECT_NO_THROW(validate(c));
@@ -685,6 +686,9 @@ TEST(ConfigValidate, EachRuleNamesKeyValueAndRange) {
       {"dataloader_num_workers: -1\n", {"dataloader_num_workers = -1 is invalid: it must be at least 0"}},
       {"loss_freq: 0\n", {"loss_freq = 0 is invalid: it must be at least 1"}},
       {"seed: -5\n", {"seed = -5 is invalid: it must be at least 0"}},
+      {"ddp_bucket_cap_mb: 0\n", {"ddp_bucket_cap_mb = 0 is invalid: it must be in (0, 4096] MiB"}},
+      {"ddp_bucket_cap_mb: 5000\n", {"ddp_bucket_cap_mb = 5000 is invalid"}},
+      {"conv_backend: cuda\n", {"conv_backend = 'cuda' is invalid: it must be 'onednn' or 'libtorch'"}},
       {"dc_num_shards: [1, 1]\n",
        {"dc_num_shards = [1, 1] and dc_shard_dims = [2, 3, 4] are invalid", "same length"}},
       {"dc_num_shards: []\ndc_shard_dims: []\n", {"dc_num_shards = [] and dc_shard_dims = [] are invalid"}},

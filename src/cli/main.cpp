@@ -510,7 +510,7 @@ int main(int argc, char** argv) {
   add_override(*benchmark, benchmark_overrides, "--T-mult", "T_mult", "Cosine cycle growth factor");
   add_override(*benchmark, benchmark_overrides, "--target-dice", "target_dice", "Validation Dice to reach");
   add_override(*benchmark, benchmark_overrides, "--conv-backend", "conv_backend",
-               "CPU convolutions: libtorch (default) or onednn");
+               "CPU kernels: onednn (default: oneDNN convolutions, fused GroupNorm + ReLU) or libtorch");
   add_override(*benchmark, benchmark_overrides, "--checkpoint-interval", "checkpoint_interval",
                "Checkpoint every N epochs (-1: never)");
   add_override(*benchmark, benchmark_overrides, "--mlperf-log", "mlperf_log",

@@ -284,7 +284,9 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
   result.parameter_count = count_parameters(model);
   GradientAllReducer reducer(group, model->parameters(), bucket_bytes(config));
   reducer.broadcast_parameters();
-  spdlog::info("convolutions: {}", config.conv_backend == "libtorch" ? "LibTorch's own kernels" : "oneDNN, called directly");
+  spdlog::info("CPU kernels: {}", config.conv_backend == "libtorch"
+                                      ? "LibTorch's own convolutions, GroupNorm and ReLU"
+                                      : "oneDNN convolutions called directly, fused GroupNorm + ReLU");
   spdlog::info("U-Net: {} levels, {} classes, {} parameters, volume {}^3, {} training / {} validation volumes",
                config.unet_layers(), dataset.n_classes, result.parameter_count, dataset.vol_size,
                dataset.train_ids.size(), dataset.val_ids.size());
