@@ -159,14 +159,17 @@ TEST(CliMpi, ResumeOnTwoRanksMatchesUninterruptedRun) {
   ASSERT_EQ(first.exit_code, 0) << first.output;
   const fs::path part_dir = only_run_dir(dir.path() / "part");
 
-  // restart.sh starts the same number of ranks.
+  // restart.sh starts the same number of ranks; SCAFFOLD_LAUNCHER adds the
+  // launcher options this machine needs.
   const std::string script = scaffold::read_file(part_dir / "restart.sh");
-  EXPECT_NE(script.find("'mpiexec' '-n' '2'"), std::string::npos) << script;
+  EXPECT_NE(script.find("launcher=('mpiexec' '-n' '2')"), std::string::npos) << script;
 
-  const CommandResult resumed = run_in(
-      dir.path(), mpi_command(2, "benchmark --run-dir " + part_dir.string() + " --epochs 2"));
+  const CommandResult resumed =
+      run_in(dir.path(), std::string("OMP_NUM_THREADS=1 SCAFFOLD_LAUNCHER='") + kMpiexec + " 2' bash '" +
+                             (part_dir / "restart.sh").string() + "' --epochs 2");
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   EXPECT_NE(resumed.output.find("resuming from"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("data parallel: 2 ranks"), std::string::npos) << resumed.output;
 
   const auto a = checkpoint_weights(only_run_dir(dir.path() / "full") / "checkpoints" / "checkpoint_last.pt");
   const auto b = checkpoint_weights(part_dir / "checkpoints" / "checkpoint_last.pt");
@@ -206,6 +209,9 @@ TEST(CliMpi, DifferentConfigsStopBeforeGeneration) {
   EXPECT_NE(result.output.find("checking that all ranks use the same config failed on rank 1: rank 0 has config id"),
             std::string::npos)
       << result.output;
+  // The message names the line that differs.
+  EXPECT_NE(result.output.find("with 'seed: 42'"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("with 'seed: 7'"), std::string::npos) << result.output;
   EXPECT_FALSE(fs::exists(dir.path() / "data"));
   EXPECT_FALSE(fs::exists(dir.path() / "fractals"));
 }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -147,18 +148,28 @@ void check_same_config(const scaffold::Config& config, scaffold::ProcessGroup& g
   if (group.size() == 1) {
     return;
   }
-  const std::string local = fmt::format("config id {}, merged config hash {}", scaffold::dataset_config_id(config),
-                                        scaffold::sha256_hex(scaffold::to_yaml(config)).substr(0, 12));
-  const std::vector<std::string> all = group.all_gather(local);
+  const std::string yaml = scaffold::to_yaml(config);
+  const std::vector<std::string> all = group.all_gather(yaml);
   for (std::size_t r = 1; r < all.size(); ++r) {
-    if (all[r] != all[0]) {
-      throw scaffold::DistributedError(
-          "checking that all ranks use the same config",
-          {{static_cast<int>(r), fmt::format("rank 0 has {}, but rank {} has {}; start every rank with the same "
-                                             "config files and options",
-                                             all[0], r, all[r])}},
-          group.size());
+    if (all[r] == all[0]) {
+      continue;
     }
+    // The first line of the merged configs that differs names the key.
+    std::istringstream first(all[0]);
+    std::istringstream other(all[r]);
+    std::string line_first;
+    std::string line_other;
+    while (std::getline(first, line_first) && std::getline(other, line_other) && line_first == line_other) {
+    }
+    throw scaffold::DistributedError(
+        "checking that all ranks use the same config",
+        {{static_cast<int>(r),
+          fmt::format("rank 0 has config id {} with '{}', but rank {} has config id {} with '{}'; start every rank "
+                      "with the same config files and options",
+                      scaffold::dataset_config_id(scaffold::load_config_text(all[0], "rank 0's config")), line_first,
+                      r, scaffold::dataset_config_id(scaffold::load_config_text(all[r], "another rank's config")),
+                      line_other)}},
+        group.size());
   }
 }
 
@@ -412,6 +423,11 @@ int run_benchmark(std::vector<std::string> config_files, const scaffold::ConfigO
 
   const scaffold::DatasetInfo dataset = shared_dataset(config, group);
 
+  // Only training checks for SIGINT and SIGTERM (after each step). Before it,
+  // the default action ends the process, which data generation survives:
+  // its files are written atomically and its staging directory is removed
+  // by the next run.
+  scaffold::install_stop_handlers();
   scaffold::TrainingResult result;
   try {
     result = scaffold::train_unet(config, dataset, run_dir, start.resume, group);
@@ -554,7 +570,6 @@ int main(int argc, char** argv) {
     }
   }
   scaffold::set_progress_enabled(!quiet && group->is_root());
-  scaffold::install_stop_handlers();
 
   try {
     if (generate->parsed()) {

@@ -123,17 +123,25 @@ std::string shell_quote(const std::string& text) {
 
 void write_restart_script(const fs::path& run_dir, const fs::path& executable,
                           const std::vector<std::string>& launcher) {
-  std::string launch_prefix;
+  std::string launch_words;
   for (const std::string& word : launcher) {
-    launch_prefix += shell_quote(word) + " ";
+    launch_words += (launch_words.empty() ? "" : " ") + shell_quote(word);
   }
+  // A multi-rank run restarts through the same launcher and rank count;
+  // SCAFFOLD_LAUNCHER replaces that command, e.g. to add launcher options.
+  const std::string launch_lines =
+      launcher.empty() ? std::string("launcher=()\n")
+                       : fmt::format("launcher=({})\n"
+                                     "if [[ -n \"${{SCAFFOLD_LAUNCHER:-}}\" ]]; then read -ra launcher <<<\"$SCAFFOLD_LAUNCHER\"; fi\n",
+                                     launch_words);
   const std::string script = fmt::format(
       "#!/usr/bin/env bash\n"
       "# Resumes this run from its last checkpoint; extra arguments are passed on.\n"
       "set -euo pipefail\n"
       "RUN_DIR={}\n"
-      "exec {}{} benchmark -c \"$RUN_DIR/config.yaml\" --restart --run-dir \"$RUN_DIR\" \"$@\"\n",
-      shell_quote(fs::absolute(run_dir).string()), launch_prefix, shell_quote(fs::absolute(executable).string()));
+      "{}"
+      "exec \"${{launcher[@]}}\" {} benchmark -c \"$RUN_DIR/config.yaml\" --restart --run-dir \"$RUN_DIR\" \"$@\"\n",
+      shell_quote(fs::absolute(run_dir).string()), launch_lines, shell_quote(fs::absolute(executable).string()));
   const fs::path path = run_dir / "restart.sh";
   write_file_atomic(path, script);
   fs::permissions(path, fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec, fs::perm_options::add);
