@@ -143,7 +143,7 @@ nlohmann::json result_json(const scaffold::Config& config, const scaffold::Datas
 
 // Stops every rank when the ranks loaded different configs (other files or
 // other command-line options), before anything is generated. The message
-// names the dataset config id and a hash of the whole merged config.
+// names both dataset config ids and the first merged-config line that differs.
 void check_same_config(const scaffold::Config& config, scaffold::ProcessGroup& group) {
   if (group.size() == 1) {
     return;
