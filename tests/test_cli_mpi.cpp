@@ -176,6 +176,14 @@ TEST(CliMpi, ResumeOnTwoRanksMatchesUninterruptedRun) {
   for (const auto& [name, tensor] : a) {
     EXPECT_TRUE(torch::equal(tensor, b.at(name))) << name;
   }
+  // One process resuming a 2-rank checkpoint halves the global batch, and says so.
+  const CommandResult single = run_in(
+      dir.path(), single_command("benchmark --run-dir " + only_run_dir(dir.path() / "full").string() + " --epochs 3"));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  EXPECT_NE(single.output.find("written by a run of 2 ranks and this run has 1, so the global batch changes from 2 "
+                               "to 1 samples per step"),
+            std::string::npos)
+      << single.output;
 }
 
 TEST(CliMpi, FailureOnOneRankStopsTheJob) {

@@ -578,11 +578,12 @@ int main(int argc, char** argv) {
     if (generate_dataset->parsed()) {
       return run_generate_dataset(dataset_configs, collect_overrides(dataset_overrides), *group);
     }
+    // show and report read files only: under a launcher, rank 0 does the work.
     if (show->parsed()) {
-      return scaffold::run_show_command(show_options);
+      return group->is_root() ? scaffold::run_show_command(show_options) : 0;
     }
     if (report->parsed()) {
-      return scaffold::run_report_command(report_options);
+      return group->is_root() ? scaffold::run_report_command(report_options) : 0;
     }
 
     scaffold::ConfigOverrides overrides = collect_overrides(benchmark_overrides);

@@ -119,6 +119,7 @@ std::string encode_checkpoint(UNet& model, torch::optim::Optimizer& optimizer, c
                 torch::tensor(progress.epoch_median_step_s.empty() ? std::vector<double>{} : progress.epoch_median_step_s,
                               torch::kFloat64));
   archive.write("torch_cpu_generator", at::detail::getDefaultCPUGenerator().get_state());
+  archive.write("world_size", scalar_i64(progress.world_size));
 
   std::ostringstream bytes;
   archive.save_to(bytes);
@@ -187,6 +188,9 @@ TrainingProgress restore_checkpoint(torch::serialize::InputArchive& archive, con
     progress.epoch_median_step_s.assign(medians.data_ptr<double>(), medians.data_ptr<double>() + medians.numel());
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(read_tensor(archive, "torch_cpu_generator"));
+    // Checkpoints written before the rank count was recorded lack the key.
+    torch::Tensor world_size;
+    progress.world_size = archive.try_read("world_size", world_size) ? static_cast<int>(world_size.item<std::int64_t>()) : 0;
   } catch (const std::exception& error) {
     throw CheckpointError(fmt::format("checkpoint {} is damaged: {}", label,
                                       std::string(error.what()).substr(0, 300)));

@@ -38,6 +38,7 @@ struct TrainingProgress {
   std::int64_t train_samples_total = 0;
   std::vector<EpochStats> history;        // one row per completed epoch
   std::vector<double> epoch_median_step_s;
+  int world_size = 1;                     // ranks of the run that wrote the checkpoint (0: not recorded)
 };
 
 // Identity that a checkpoint must match to be loaded into this run: the dataset

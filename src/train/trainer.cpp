@@ -309,6 +309,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
   // Continue from the last checkpoint when resuming: rank 0 reads it and
   // broadcasts its bytes.
   TrainingProgress progress;
+  progress.world_size = group.size();
   if (resume) {
     std::string image = collective_try_typed(group, "loading the checkpoint", [&]() -> std::string {
       if (!root) {
@@ -338,6 +339,13 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
     if (root) {
       restore_train_stats(stats_path, progress.history);
     }
+    if (progress.world_size > 0 && progress.world_size != group.size()) {
+      spdlog::warn("the checkpoint was written by a run of {} ranks and this run has {}, so the global batch changes "
+                   "from {} to {} samples per step; resume with {} ranks to continue the same training",
+                   progress.world_size, group.size(), progress.world_size * config.local_batch_size,
+                   group.size() * config.local_batch_size, progress.world_size);
+    }
+    progress.world_size = group.size();
     if (progress.val_dice >= config.target_dice) {
       spdlog::info("this run already reached validation Dice {:.4f} >= {} in epoch {}; nothing left to train",
                    progress.val_dice, config.target_dice, progress.epoch);
