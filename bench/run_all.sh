@@ -58,7 +58,7 @@ if command -v mpiexec >/dev/null; then
   mpi_flags=()
   # Not a pipe into grep -q: with pipefail, mpiexec's SIGPIPE would fail the test.
   mpi_version=$(mpiexec --version 2>&1 || true)
-  if [[ "$mpi_version" == *"Open MPI"* ]]; then mpi_flags=(--oversubscribe --allow-run-as-root); fi
+  if [[ "$mpi_version" == *"Open MPI"* || "$mpi_version" == *"OpenRTE"* ]]; then mpi_flags=(--oversubscribe --allow-run-as-root); fi
 
   section "MPI all-reduce, 2 ranks"
   mpiexec "${mpi_flags[@]}" -n 2 "$bench/bench_allreduce"
