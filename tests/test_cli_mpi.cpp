@@ -37,7 +37,7 @@ constexpr const char* kMpiexec = "";
   }
 
 // 14 volumes at 16^3: 10 training and 4 validation, so two ranks with batch 1
-// see exactly the samples that one process sees with batch 2.
+// get exactly the samples that one process gets with batch 2.
 constexpr const char* kConfig =
     "problem_scale: 4\n"
     "unet_bottleneck_dim: 3\n"
@@ -176,7 +176,7 @@ TEST(CliMpi, ResumeOnTwoRanksMatchesUninterruptedRun) {
   for (const auto& [name, tensor] : a) {
     EXPECT_TRUE(torch::equal(tensor, b.at(name))) << name;
   }
-  // One process resuming a 2-rank checkpoint halves the global batch, and says so.
+  // One process resuming a 2-rank checkpoint halves the global batch and warns.
   const CommandResult single = run_in(
       dir.path(), single_command("benchmark --run-dir " + only_run_dir(dir.path() / "full").string() + " --epochs 3"));
   ASSERT_EQ(single.exit_code, 0) << single.output;

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "log_capture_support.hpp"
 #include "core/atomic_file.hpp"
 #include "core/config.hpp"
 #include "core/hash.hpp"
@@ -728,32 +729,8 @@ TEST_F(DatasetTest, LoadSampleRejectsLabelOutOfRange) {
   EXPECT_THROW(load_sample(info, Split::kTraining, v), NpyError);
 }
 
-// Captures the default logger's output while the object lives.
-class LogCapture {
- public:
-  LogCapture() : previous_(spdlog::default_logger()) {
-    auto logger = std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_));
-    logger->set_level(spdlog::level::info);
-    spdlog::set_default_logger(logger);
-  }
-  ~LogCapture() { spdlog::set_default_logger(previous_); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  std::string text() const { return stream_.str(); }
-
- private:
-  std::shared_ptr<spdlog::logger> previous_;
-  std::ostringstream stream_;
-};
-
-// `text` with its first occurrence of `from` replaced by `to`.
-std::string replace_once(std::string text, const std::string& from, const std::string& to) {
-  const std::size_t start = text.find(from);
-  EXPECT_NE(start, std::string::npos) << "'" << from << "' not found";
-  if (start != std::string::npos) text.replace(start, from.size(), to);
-  return text;
-}
+using scaffold_test::LogCapture;
+using scaffold_test::replace_once;
 
 // One way to damage a finished dataset: the file it damages and the text the warning must contain.
 struct Damage {

@@ -7,6 +7,7 @@
 #include "fractal/instances.hpp"
 #include "fractal/library.hpp"
 
+#include "log_capture_support.hpp"
 #include "core/atomic_file.hpp"
 #include "core/npy.hpp"
 
@@ -839,32 +840,8 @@ TEST(Library, MalformedClassCsvNamesTheFile) {
   EXPECT_NO_THROW(read_class_csv(class_csv_path(paths, 1)));
 }
 
-// Captures the default logger's output while the object lives.
-class LogCapture {
- public:
-  LogCapture() : previous_(spdlog::default_logger()) {
-    auto logger = std::make_shared<spdlog::logger>("capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(stream_));
-    logger->set_level(spdlog::level::info);
-    spdlog::set_default_logger(logger);
-  }
-  ~LogCapture() { spdlog::set_default_logger(previous_); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  std::string text() const { return stream_.str(); }
-
- private:
-  std::shared_ptr<spdlog::logger> previous_;
-  std::ostringstream stream_;
-};
-
-// `text` with its first occurrence of `from` replaced by `to`.
-std::string replace_once(std::string text, const std::string& from, const std::string& to) {
-  const std::size_t start = text.find(from);
-  EXPECT_NE(start, std::string::npos) << "'" << from << "' not found";
-  if (start != std::string::npos) text.replace(start, from.size(), to);
-  return text;
-}
+using scaffold_test::LogCapture;
+using scaffold_test::replace_once;
 
 TEST(Library, HostileInstanceFilesRegeneratedWithWarning) {
   TempDir dir;

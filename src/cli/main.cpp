@@ -173,7 +173,7 @@ void check_same_config(const scaffold::Config& config, scaffold::ProcessGroup& g
   }
 }
 
-// The process group as data generation sees it.
+// The process group in the form data generation uses.
 scaffold::RankShare rank_share(scaffold::ProcessGroup& group) {
   scaffold::RankShare share;
   share.rank = group.rank();
@@ -562,7 +562,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (group->size() > 1) {
-    // Only rank 0 logs progress and warnings; the other ranks log errors (and
+    // Only rank 0 logs progress and warnings. The other ranks log errors (and
     // everything with -v), so a large job does not repeat each line per rank.
     scaffold::setup_logging(verbosity, group->rank());
     if (!group->is_root() && verbosity != scaffold::Verbosity::kDebug) {

@@ -1,6 +1,6 @@
-// How a data-generation step is shared out over the ranks of a job. The
-// generation code uses it without depending on MPI; the command line fills
-// it from the process group. The default value is a single process.
+// The ranks of a job as data generation uses them: rank, size, a sum and a
+// broadcast. The command line fills it from the process group, so generation
+// code does not depend on MPI. The default value is a single process.
 #pragma once
 
 #include <cstddef>

@@ -397,8 +397,8 @@ std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const C
     if (error) std::rethrow_exception(error);
 
     // Every rank learns every verdict. The parameters of a candidate that
-    // another rank evaluated come from its attempt's own random stream, which
-    // is cheap to replay; its point cloud is not needed again.
+    // another rank evaluated are replayed from its attempt's own random stream,
+    // which is cheap. Its point cloud is not needed again.
     share.sum_in_place(verdicts.data(), verdicts.size());
     for (std::size_t i = 0; i < count; ++i) {
       if (share.owns(static_cast<std::int64_t>(i))) continue;

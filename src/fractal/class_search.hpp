@@ -101,8 +101,8 @@ struct ClassSearchStats {
 // candidate would take is kept in place of the candidate.
 // Throws when a CSV below n_categories is malformed, naming the file.
 // With several ranks in `share`, each rank evaluates every size-th candidate
-// of a round, the verdicts are summed over ranks, and every rank accepts the
-// same classes; only rank 0 writes files.
+// of a round and the verdicts are summed over ranks. Every rank accepts the
+// same classes, and only rank 0 writes files.
 std::vector<Ifs> search_classes(const std::filesystem::path& params_dir, const Config& config, int batch_size,
                                 ClassSearchStats* stats = nullptr, const RankShare& share = {});
 

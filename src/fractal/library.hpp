@@ -31,8 +31,8 @@ std::filesystem::path library_lock_path(const FractalLibraryPaths& paths);
 // `batch_size` is the number of candidates tried per round. Holds the lock
 // library_lock_path throughout, so concurrent calls for the same library run
 // one after the other, and first removes the temporary files of writers that
-// were killed. With several ranks in `share`, every rank must call it: rank 0
-// holds the lock and writes the class files, the candidate evaluations and
+// were killed. With several ranks in `share`, every rank must call it. Rank 0
+// holds the lock and writes the class files. The candidate evaluations and
 // the instances are dealt out over the ranks, and the files are the same bytes
 // for any rank count.
 void generate_fractal_library(const Config& config, int batch_size = 10000, const RankShare& share = {});

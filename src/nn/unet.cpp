@@ -42,8 +42,8 @@ DoubleConvImpl::DoubleConvImpl(int in_channels, int out_channels, int group_norm
 }
 
 // TODO: CUDA builds have a fused GroupNorm + ReLU for bf16 channels-last
-// tensors (src/cuda/group_norm_relu.hpp) that this block does not call yet;
-// it would replace slots 1-2 and 4-5 when
+// tensors (src/cuda/group_norm_relu.hpp), which this block does not call yet.
+// It would replace slots 1-2 and 4-5 when
 // fused_group_norm_relu_unsupported_reason(x, groups) is empty.
 torch::Tensor DoubleConvImpl::forward(const torch::Tensor& x) { return double_conv_->forward(x); }
 

@@ -66,7 +66,7 @@ std::vector<int> class_weight_sample_ids(const std::vector<int>& train_ids, doub
   return ids;
 }
 
-// Each rank counts every size-th of the sampled masks; the integer counts are
+// Each rank counts every size-th of the sampled masks. The integer counts are
 // summed over ranks, so the weights do not depend on the rank count.
 torch::Tensor estimate_class_weights(const Config& config, const DatasetInfo& dataset, ProcessGroup& group) {
   const std::vector<int> ids = class_weight_sample_ids(dataset.train_ids, config.ce_weight_sample_fraction);
