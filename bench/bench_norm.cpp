@@ -9,12 +9,17 @@
 // benchmark times forward alone, backward alone (gradients for input, weight
 // and bias), or both.
 //
+// The *_channels_last_* benchmarks run the scale-5 shapes with x and dy in
+// ChannelsLast3d, as the U-Net's oneDNN path keeps its activations: the fused
+// channels-last kernels against LibTorch on the same ChannelsLast3d tensors.
+//
 // bytes_per_second is an effective bandwidth: the traffic of the fused passes
 // divided by the time, for both implementations, so the two rates compare
 // like for like. Forward reads x twice and writes y, 3 tensors. Backward
 // reads x and dy twice each and writes dx, 5 tensors. LibTorch moves more
 // bytes than that, so its figure is not its real bandwidth. After the table
-// the program prints LibTorch time / fused time for each shape.
+// the program prints LibTorch time / fused time for each shape, and fused
+// contiguous time / fused channels-last time.
 //
 // Both implementations allocate their outputs in every iteration. glibc's
 // malloc would hand 8 MiB blocks back to the kernel or keep them depending on
@@ -46,6 +51,7 @@ constexpr std::int64_t kGroups = 8;
 constexpr double kEps = 1e-5;
 
 enum class Implementation { fused, libtorch };
+enum class Layout { contiguous, channels_last };
 enum class Pass { forward, backward, forward_backward };
 
 torch::Tensor forward(Implementation implementation, const torch::Tensor& x, const torch::Tensor& weight,
@@ -82,14 +88,16 @@ const char* pass_suffix(Pass pass) {
   return "_forward_backward";
 }
 
-void run_benchmark(benchmark::State& state, Implementation implementation, Pass pass, std::int64_t channels,
-                   std::int64_t size) {
-  // x, dy: [1, C, S, S, S]; weight, bias: [C]
+void run_benchmark(benchmark::State& state, Implementation implementation, Layout layout, Pass pass,
+                   std::int64_t channels, std::int64_t size) {
+  // x, dy: [1, C, S, S, S], contiguous or ChannelsLast3d; weight, bias: [C]
+  const torch::MemoryFormat format =
+      layout == Layout::channels_last ? torch::MemoryFormat::ChannelsLast3d : torch::MemoryFormat::Contiguous;
   torch::manual_seed(0);
-  const torch::Tensor x = torch::randn({1, channels, size, size, size}).requires_grad_(true);
+  const torch::Tensor x = torch::randn({1, channels, size, size, size}).contiguous(format).requires_grad_(true);
   const torch::Tensor weight = torch::empty({channels}).uniform_(0.5, 1.5).requires_grad_(true);
   const torch::Tensor bias = torch::empty({channels}).uniform_(-0.5, 0.5).requires_grad_(true);
-  const torch::Tensor grad_output = torch::randn(x.sizes());
+  const torch::Tensor grad_output = torch::randn(x.sizes()).contiguous(format);
 
   // The backward-only benchmark runs the backward pass of one forward again
   // and again, so it keeps the graph.
@@ -113,14 +121,19 @@ void run_benchmark(benchmark::State& state, Implementation implementation, Pass 
   state.SetBytesProcessed(state.iterations() * tensors_moved(pass) * tensor_bytes);
 }
 
-std::string benchmark_name(Implementation implementation, Pass pass, std::int64_t channels, std::int64_t size) {
-  return std::string(implementation == Implementation::fused ? "fused" : "libtorch") + pass_suffix(pass) +
+std::string benchmark_name(Implementation implementation, Layout layout, Pass pass, std::int64_t channels,
+                           std::int64_t size) {
+  return std::string(implementation == Implementation::fused ? "fused" : "libtorch") +
+         (layout == Layout::channels_last ? "_channels_last" : "") + pass_suffix(pass) +
          "/C=" + std::to_string(channels) + "/S=" + std::to_string(size);
 }
 
+constexpr const char* kChannelsLastPrefix = "fused_channels_last";
+
 // Console output plus, at the end, LibTorch time / fused time per shape and
-// pass, from the minimum over repetitions, because on a shared machine other
-// processes only ever add time.
+// pass, and fused contiguous time / fused channels-last time, from the
+// minimum over repetitions, because on a shared machine other processes only
+// ever add time.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
@@ -149,6 +162,18 @@ class RatioReporter : public benchmark::ConsoleReporter {
         std::printf("  %-40s %6.2f\n", name.substr(6).c_str(), libtorch->second / fused_time);
       }
     }
+
+    std::printf("\nFused contiguous time / fused channels-last time (greater than 1: channels-last is faster)\n");
+    const std::string prefix = kChannelsLastPrefix;
+    for (const auto& [name, channels_last_time] : real_times_) {
+      if (name.rfind(prefix, 0) != 0) {
+        continue;
+      }
+      const auto contiguous = real_times_.find("fused" + name.substr(prefix.size()));
+      if (contiguous != real_times_.end()) {
+        std::printf("  %-40s %6.2f\n", name.substr(prefix.size() + 1).c_str(), contiguous->second / channels_last_time);
+      }
+    }
   }
 
  private:
@@ -167,14 +192,22 @@ int main(int argc, char** argv) {
     std::int64_t channels;
     std::int64_t size;
   };
-  const std::vector<Shape> shapes = {{64, 16}, {128, 16}, {64, 32}};
-  for (const Pass pass : {Pass::forward, Pass::backward, Pass::forward_backward}) {
-    for (const Shape& shape : shapes) {
-      for (const Implementation implementation : {Implementation::libtorch, Implementation::fused}) {
-        benchmark::RegisterBenchmark(benchmark_name(implementation, pass, shape.channels, shape.size).c_str(),
-                                     run_benchmark, implementation, pass, shape.channels, shape.size)
-            ->UseRealTime()
-            ->Unit(benchmark::kMicrosecond);
+  struct Case {
+    Layout layout;
+    std::vector<Shape> shapes;
+  };
+  const std::vector<Case> cases = {{Layout::contiguous, {{64, 16}, {128, 16}, {64, 32}}},
+                                   {Layout::channels_last, {{128, 16}, {64, 32}}}};
+  for (const Case& layout_case : cases) {
+    for (const Pass pass : {Pass::forward, Pass::backward, Pass::forward_backward}) {
+      for (const Shape& shape : layout_case.shapes) {
+        for (const Implementation implementation : {Implementation::libtorch, Implementation::fused}) {
+          benchmark::RegisterBenchmark(
+              benchmark_name(implementation, layout_case.layout, pass, shape.channels, shape.size).c_str(),
+              run_benchmark, implementation, layout_case.layout, pass, shape.channels, shape.size)
+              ->UseRealTime()
+              ->Unit(benchmark::kMicrosecond);
+        }
       }
     }
   }

@@ -1,8 +1,9 @@
 // Tests of the fused GroupNorm + ReLU. The output and the gradients of input,
 // weight and bias are compared with torch::relu(torch::group_norm(...)) in
-// float32 and float64. Further tests cover exact ReLU thresholds, bitwise
-// equality across thread counts, the fallbacks, input checks, the module, and
-// a whole U-Net on the fused path against LibTorch's GroupNorm + ReLU.
+// float32 and float64, for contiguous and channels-last inputs. Further tests
+// cover exact ReLU thresholds, bitwise equality across thread counts, the
+// layouts of outputs and gradients, the fallbacks, input checks, the module,
+// and a whole U-Net on the fused path against LibTorch's GroupNorm + ReLU.
 //
 // Tolerances: every comparison divides the maximum absolute difference by the
 // maximum absolute value of the reference tensor. kTolerance = 1e-5 applies
@@ -13,7 +14,9 @@
 // large group with an offset mean, where LibTorch's own float32 output is
 // 1.5e-6 from float64. So 1e-5 leaves headroom, while a wrong index, group or
 // mask gives errors of order 1. The one exception is noted in
-// LargeGroupWithOffsetMean.
+// LargeGroupWithOffsetMean. The channels-last kernels sum in another order
+// than the contiguous ones but with the same float32 partial sums of at most
+// 128 terms, so the same tolerance applies to them and between the two.
 //
 // Upstream gradients are set to zero where the float64 pre-activation lies
 // within kThresholdBand of 0. Float32 rounding may put those few elements on
@@ -102,9 +105,10 @@ void expect_close(const Results& actual, const Results& expected, const std::str
   EXPECT_LT(relative_error(actual.grad_bias, expected.grad_bias), kTolerance) << label << " grad_bias";
 }
 
-// Compares the fused operation with LibTorch in float32 and float64.
-void expect_matches_libtorch(const torch::Tensor& input, std::int64_t groups, const std::string& label,
-                             double libtorch_float_grad_weight_tolerance = kTolerance) {
+// Compares the fused operation with LibTorch in float32 and float64 and
+// returns the fused results.
+Results expect_matches_libtorch(const torch::Tensor& input, std::int64_t groups, const std::string& label,
+                                double libtorch_float_grad_weight_tolerance = kTolerance) {
   const auto [weight, bias] = make_affine(input.size(1));
   const torch::Tensor grad_output = make_grad_output(input, groups, weight, bias);
 
@@ -114,11 +118,36 @@ void expect_matches_libtorch(const torch::Tensor& input, std::int64_t groups, co
       run(Implementation::libtorch, input.to(torch::kFloat64), groups, weight.to(torch::kFloat64),
           bias.to(torch::kFloat64), grad_output);
 
-  ASSERT_EQ(fused.output.sizes(), input.sizes()) << label;
+  EXPECT_EQ(fused.output.sizes(), input.sizes()) << label;
   EXPECT_EQ(fused.output.scalar_type(), torch::kFloat32) << label;
   EXPECT_GE(fused.output.min().item<float>(), 0.0f) << label;
   expect_close(fused, libtorch_double, label + " vs float64");
   expect_close(fused, libtorch_float, label + " vs float32", libtorch_float_grad_weight_tolerance);
+  return fused;
+}
+
+// The channels-last memory format of a 4-D or 5-D tensor.
+torch::MemoryFormat channels_last_format(const torch::Tensor& tensor) {
+  return tensor.dim() == 5 ? torch::MemoryFormat::ChannelsLast3d : torch::MemoryFormat::ChannelsLast;
+}
+
+torch::Tensor to_channels_last(const torch::Tensor& tensor) {
+  return tensor.contiguous(channels_last_format(tensor));
+}
+
+// Checks that the output and input gradient have the channels-last layout of
+// input and not the plain one.
+void expect_channels_last_results(const Results& results, const torch::Tensor& input, const std::string& label) {
+  const torch::MemoryFormat format = channels_last_format(input);
+  EXPECT_TRUE(results.output.is_contiguous(format)) << label << " output strides " << results.output.strides();
+  EXPECT_FALSE(results.output.is_contiguous()) << label << " output";
+  EXPECT_TRUE(results.grad_input.is_contiguous(format))
+      << label << " grad_input strides " << results.grad_input.strides();
+  EXPECT_FALSE(results.grad_input.is_contiguous()) << label << " grad_input";
+}
+
+std::string shape_label(const std::vector<std::int64_t>& shape, std::int64_t groups) {
+  return fmt::format("shape [{}] groups {}", fmt::join(shape, ", "), groups);
 }
 
 class GroupNormReLUTest : public ::testing::Test {
@@ -201,13 +230,20 @@ TEST_F(GroupNormReLUTest, ExactThresholdInputs) {
   const auto grads64 = torch::autograd::grad({y64}, {x64, w64, b64}, {grad_output.to(torch::kFloat64)});
   const Results expected{y64.detach(), grads64[0], grads64[1], grads64[2]};
 
-  const Results fused = run(Implementation::fused, input, kGroups, weight, bias, grad_output);
   const torch::Tensor at_threshold = input * weight.view({1, -1, 1, 1, 1}) == 0;
   ASSERT_GT(at_threshold.sum().item<std::int64_t>(), input.numel() / 4);
-  EXPECT_EQ(fused.output.masked_select(mask == 0).abs().max().item<float>(), 0.0f);
-  expect_close(fused, expected, "exact threshold");
-  EXPECT_EQ(fused.grad_bias[1].item<float>(), 0.0f);
-  EXPECT_EQ(fused.grad_weight[1].item<float>(), 0.0f);
+
+  // The channels-last kernels sum the small integers exactly too, so the
+  // same holds for them.
+  for (const torch::MemoryFormat format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast3d}) {
+    const std::string label =
+        format == torch::MemoryFormat::Contiguous ? "exact threshold, contiguous" : "exact threshold, channels-last";
+    const Results fused = run(Implementation::fused, input.contiguous(format), kGroups, weight, bias, grad_output);
+    EXPECT_EQ(fused.output.masked_select(mask == 0).abs().max().item<float>(), 0.0f) << label;
+    expect_close(fused, expected, label);
+    EXPECT_EQ(fused.grad_bias[1].item<float>(), 0.0f) << label;
+    EXPECT_EQ(fused.grad_weight[1].item<float>(), 0.0f) << label;
+  }
 }
 
 TEST_F(GroupNormReLUTest, BiasGradientCountsActiveOutputs) {
@@ -215,17 +251,22 @@ TEST_F(GroupNormReLUTest, BiasGradientCountsActiveOutputs) {
   // greater than 0, so the mask recomputed in backward must match the forward
   // output exactly. The float sums of ones are exact below 2^24.
   for (const auto& [shape, groups] : std::vector<std::pair<std::vector<std::int64_t>, std::int64_t>>{
-           {{2, 12, 3, 5, 7}, 4}, {{1, 8, 32, 32, 32}, 8}, {{2, 4, 13, 17, 19}, 2}}) {
-    const torch::Tensor input = torch::randn(shape);
-    const auto [weight, bias] = make_affine(shape[1]);
-    const Results fused = run(Implementation::fused, input, groups, weight, bias, torch::ones(shape));
-    std::vector<std::int64_t> reduce_dims = {0};
-    for (std::int64_t dim = 2; dim < static_cast<std::int64_t>(shape.size()); ++dim) {
-      reduce_dims.push_back(dim);
+           {{2, 12, 3, 5, 7}, 4}, {{1, 8, 32, 32, 32}, 8}, {{2, 4, 13, 17, 19}, 2}, {{2, 24, 3, 9, 10}, 8}}) {
+    for (const torch::MemoryFormat format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast3d}) {
+      const torch::Tensor input = torch::randn(shape).contiguous(format);
+      const auto [weight, bias] = make_affine(shape[1]);
+      const Results fused =
+          run(Implementation::fused, input, groups, weight, bias, torch::ones(shape).contiguous(format));
+      std::vector<std::int64_t> reduce_dims = {0};
+      for (std::int64_t dim = 2; dim < static_cast<std::int64_t>(shape.size()); ++dim) {
+        reduce_dims.push_back(dim);
+      }
+      const torch::Tensor active_per_channel = (fused.output > 0).sum(reduce_dims).to(torch::kFloat32);
+      EXPECT_TRUE(torch::equal(fused.grad_bias, active_per_channel))
+          << shape_label(shape, groups) << " " << format << "\n"
+          << fused.grad_bias << "\n"
+          << active_per_channel;
     }
-    const torch::Tensor active_per_channel = (fused.output > 0).sum(reduce_dims).to(torch::kFloat32);
-    EXPECT_TRUE(torch::equal(fused.grad_bias, active_per_channel))
-        << fused.grad_bias << "\n" << active_per_channel;
   }
 }
 
@@ -266,16 +307,20 @@ TEST_F(GroupNormReLUTest, Float64FallsBackToLibtorch) {
 }
 
 TEST_F(GroupNormReLUTest, NonContiguousInputIsCopied) {
+  // A view with D and W swapped is neither contiguous nor channels-last, so
+  // the contiguous kernels run on a copy and give the same bits.
   const torch::Tensor contiguous = torch::randn({2, 6, 3, 5, 7});
-  const torch::Tensor channels_last = contiguous.contiguous(torch::MemoryFormat::ChannelsLast3d);
-  ASSERT_FALSE(channels_last.is_contiguous());
+  const torch::Tensor swapped = contiguous.transpose(2, 4).contiguous().transpose(2, 4);
+  ASSERT_FALSE(swapped.is_contiguous());
+  ASSERT_FALSE(swapped.is_contiguous(torch::MemoryFormat::ChannelsLast3d));
   const auto [weight, bias] = make_affine(6);
   const torch::Tensor grad_output = torch::randn(contiguous.sizes());
   const Results from_contiguous = run(Implementation::fused, contiguous, 3, weight, bias, grad_output);
-  const Results from_channels_last = run(Implementation::fused, channels_last, 3, weight, bias, grad_output);
-  EXPECT_TRUE(torch::equal(from_contiguous.output, from_channels_last.output));
-  EXPECT_TRUE(torch::equal(from_contiguous.grad_input, from_channels_last.grad_input));
-  EXPECT_TRUE(torch::equal(from_contiguous.grad_weight, from_channels_last.grad_weight));
+  const Results from_swapped = run(Implementation::fused, swapped, 3, weight, bias, grad_output);
+  EXPECT_TRUE(from_swapped.output.is_contiguous());
+  EXPECT_TRUE(torch::equal(from_contiguous.output, from_swapped.output));
+  EXPECT_TRUE(torch::equal(from_contiguous.grad_input, from_swapped.grad_input));
+  EXPECT_TRUE(torch::equal(from_contiguous.grad_weight, from_swapped.grad_weight));
 }
 
 TEST_F(GroupNormReLUTest, NanPropagatesWithinGroup) {
@@ -284,6 +329,149 @@ TEST_F(GroupNormReLUTest, NanPropagatesWithinGroup) {
   const torch::Tensor output = group_norm_relu(input, 2, torch::ones({4}), torch::zeros({4}), kEps);
 
   // Channels 0 and 1 form the group with the NaN; channels 2 and 3 do not.
+  EXPECT_TRUE(torch::isnan(output.slice(1, 0, 2)).all().item<bool>());
+  EXPECT_TRUE(torch::isfinite(output.slice(1, 2, 4)).all().item<bool>());
+}
+
+TEST_F(GroupNormReLUTest, ChannelsLastMatchesLibtorch) {
+  // Spatial sizes of 210, 270 and 990 voxels are not multiples of the
+  // 128-voxel chunks of the channels-last kernels, and 12 and 24 channels are
+  // not multiples of a vector width. LibTorch gets the same channels-last
+  // tensor.
+  struct Case {
+    std::vector<std::int64_t> shape;
+    std::int64_t groups;
+  };
+  const std::vector<Case> cases = {
+      {{2, 12, 5, 6, 7}, 3},     // a full chunk and an 82-voxel tail
+      {{2, 24, 3, 9, 10}, 8},    // 3 channels per group
+      {{1, 8, 9, 10, 11}, 2},    // 7 full chunks and a 94-voxel tail
+      {{2, 6, 3, 5, 7}, 1},      // one group over all channels
+      {{2, 12, 4, 5, 6}, 12},    // one channel per group
+      {{2, 12, 9, 11}, 4},       // 4-D ChannelsLast
+      {{2, 64, 8, 8, 8}, 8},     // a U-Net width
+  };
+  for (const Case& test_case : cases) {
+    const torch::Tensor input = to_channels_last(torch::randn(test_case.shape) * 1.7 + 0.3);
+    ASSERT_FALSE(input.is_contiguous());
+    const std::string label = "channels-last " + shape_label(test_case.shape, test_case.groups);
+    const Results fused = expect_matches_libtorch(input, test_case.groups, label);
+    expect_channels_last_results(fused, input, label);
+  }
+}
+
+TEST_F(GroupNormReLUTest, ChannelsLastMatchesContiguousKernels) {
+  // The same values in both layouts, with the same parameters and upstream
+  // gradient, so the two fused kernels differ only in summation order.
+  for (const auto& [shape, groups] : std::vector<std::pair<std::vector<std::int64_t>, std::int64_t>>{
+           {{2, 24, 3, 9, 10}, 8}, {{2, 12, 5, 6, 7}, 3}, {{1, 64, 16, 16, 16}, 8}}) {
+    const torch::Tensor input = torch::randn(shape) * 1.3 - 0.4;
+    const auto [weight, bias] = make_affine(shape[1]);
+    const torch::Tensor grad_output = make_grad_output(input, groups, weight, bias);
+    const Results contiguous = run(Implementation::fused, input, groups, weight, bias, grad_output);
+    const Results channels_last = run(Implementation::fused, to_channels_last(input), groups, weight, bias,
+                                      to_channels_last(grad_output));
+    const std::string label = shape_label(shape, groups);
+    EXPECT_TRUE(contiguous.output.is_contiguous()) << label;
+    EXPECT_TRUE(contiguous.grad_input.is_contiguous()) << label;
+    expect_channels_last_results(channels_last, input, label);
+    expect_close(channels_last, contiguous, label + " channels-last vs contiguous");
+  }
+}
+
+TEST_F(GroupNormReLUTest, ChannelsLastLargeGroupWithOffsetMean) {
+  // The accuracy case of LargeGroupWithOffsetMean for the channels-last
+  // kernels, which keep the per-chunk centering of the contiguous ones.
+  //
+  // LibTorch 1.13's float32 GroupNorm on a ChannelsLast3d tensor loses most
+  // of the variance here: its output was 2e-3 to 7e-3 from float64 and its
+  // input gradient 0.3 to 0.4. So the float32 reference runs on the
+  // contiguous tensor, with the 1e-3 for grad_weight that
+  // LargeGroupWithOffsetMean explains.
+  const torch::Tensor input = torch::randn({1, 8, 32, 32, 32}) * 0.5 + 40.0;
+  const torch::Tensor channels_last = to_channels_last(input);
+  for (const std::int64_t groups : {1, 8}) {
+    const std::string label = fmt::format("channels-last 1x8x32x32x32 groups {}", groups);
+    const auto [weight, bias] = make_affine(8);
+    const torch::Tensor grad_output = make_grad_output(input, groups, weight, bias);
+    const Results fused =
+        run(Implementation::fused, channels_last, groups, weight, bias, to_channels_last(grad_output));
+    const Results libtorch_float = run(Implementation::libtorch, input, groups, weight, bias, grad_output);
+    const Results libtorch_double =
+        run(Implementation::libtorch, input.to(torch::kFloat64), groups, weight.to(torch::kFloat64),
+            bias.to(torch::kFloat64), grad_output);
+    expect_channels_last_results(fused, channels_last, label);
+    expect_close(fused, libtorch_double, label + " vs float64");
+    expect_close(fused, libtorch_float, label + " vs contiguous float32", 1e-3);
+  }
+}
+
+TEST_F(GroupNormReLUTest, ChannelsLastThreadCountDoesNotChangeBits) {
+  // Batch 1 with 64 channels at 32^3 is 256 chunks, spread over all threads.
+  for (const auto& [shape, groups] : std::vector<std::pair<std::vector<std::int64_t>, std::int64_t>>{
+           {{2, 12, 5, 6, 7}, 3}, {{1, 24, 9, 10, 11}, 8}, {{1, 64, 32, 32, 32}, 8}}) {
+    const torch::Tensor input = to_channels_last(torch::randn(shape) + 0.5);
+    const auto [weight, bias] = make_affine(shape[1]);
+    const torch::Tensor grad_output = to_channels_last(torch::randn(shape));
+
+    torch::set_num_threads(1);
+    const Results one_thread = run(Implementation::fused, input, groups, weight, bias, grad_output);
+    for (const int threads : {2, 3}) {
+      torch::set_num_threads(threads);
+      const Results other = run(Implementation::fused, input, groups, weight, bias, grad_output);
+      const std::string label = fmt::format("{} with {} threads", shape_label(shape, groups), threads);
+      expect_channels_last_results(other, input, label);
+      EXPECT_TRUE(torch::equal(one_thread.output, other.output)) << label;
+      EXPECT_TRUE(torch::equal(one_thread.grad_input, other.grad_input)) << label;
+      EXPECT_TRUE(torch::equal(one_thread.grad_weight, other.grad_weight)) << label;
+      EXPECT_TRUE(torch::equal(one_thread.grad_bias, other.grad_bias)) << label;
+    }
+  }
+}
+
+TEST_F(GroupNormReLUTest, ChannelsLastAcceptsOtherGradOutputLayouts) {
+  // A plain grad_output and a broadcast one are copied to channels-last once,
+  // so they give the same bits as a channels-last grad_output with the same
+  // values.
+  const std::vector<std::int64_t> shape = {2, 12, 5, 6, 7};
+  const torch::Tensor input = to_channels_last(torch::randn(shape));
+  const auto [weight, bias] = make_affine(12);
+  const torch::Tensor grad_output = torch::randn(shape);
+  ASSERT_TRUE(grad_output.is_contiguous());
+  const Results from_plain = run(Implementation::fused, input, 3, weight, bias, grad_output);
+  const Results from_channels_last = run(Implementation::fused, input, 3, weight, bias, to_channels_last(grad_output));
+  expect_channels_last_results(from_plain, input, "plain grad_output");
+  EXPECT_TRUE(torch::equal(from_plain.grad_input, from_channels_last.grad_input));
+  EXPECT_TRUE(torch::equal(from_plain.grad_weight, from_channels_last.grad_weight));
+  EXPECT_TRUE(torch::equal(from_plain.grad_bias, from_channels_last.grad_bias));
+
+  const torch::Tensor broadcast = torch::full({1}, 0.5f).expand(shape);
+  const Results from_broadcast = run(Implementation::fused, input, 3, weight, bias, broadcast);
+  const Results from_filled =
+      run(Implementation::fused, input, 3, weight, bias, to_channels_last(torch::full(shape, 0.5f)));
+  expect_channels_last_results(from_broadcast, input, "broadcast grad_output");
+  EXPECT_TRUE(torch::equal(from_broadcast.grad_input, from_filled.grad_input));
+  EXPECT_TRUE(torch::equal(from_broadcast.grad_weight, from_filled.grad_weight));
+}
+
+TEST_F(GroupNormReLUTest, ChannelsLastOneSpatialDimension) {
+  // [N, C, L] with C innermost, a transposed [N, L, C] tensor, runs the
+  // channels-last kernels: the output keeps its strides instead of being
+  // contiguous.
+  const torch::Tensor input = torch::randn({2, 300, 12}).transpose(1, 2);
+  ASSERT_FALSE(input.is_contiguous());
+  const Results fused = expect_matches_libtorch(input, 4, "channels-last [2, 12, 300] groups 4");
+  EXPECT_EQ(fused.output.strides(), input.strides());
+  EXPECT_EQ(fused.grad_input.strides(), input.strides());
+}
+
+TEST_F(GroupNormReLUTest, ChannelsLastNanPropagatesWithinGroup) {
+  torch::Tensor input = torch::randn({1, 4, 2, 3, 4});
+  input[0][1][1][2][3] = std::numeric_limits<float>::quiet_NaN();
+  const torch::Tensor output =
+      group_norm_relu(to_channels_last(input), 2, torch::ones({4}), torch::zeros({4}), kEps);
+
+  // Channels 0 and 1 form the group with the NaN, and channels 2 and 3 do not.
   EXPECT_TRUE(torch::isnan(output.slice(1, 0, 2)).all().item<bool>());
   EXPECT_TRUE(torch::isfinite(output.slice(1, 2, 4)).all().item<bool>());
 }

@@ -26,11 +26,21 @@ namespace scaffold {
 // return: the shape of input
 //
 // The fused kernels run when input, weight and bias are float32 CPU tensors.
-// A non-contiguous input (a permuted view or ChannelsLast3d) is copied to a
-// contiguous one first. Other dtypes and devices, and empty inputs, fall back
-// to torch::relu(torch::group_norm(...)), so the function works wherever
-// LibTorch does. The fused kernels reduce in a fixed order, so their results
-// are bitwise the same for any intra-op thread count.
+// They come in two layouts:
+//  - contiguous input: output and input gradient are contiguous.
+//  - channels-last input, with C innermost and no gaps (memory order N, *, C,
+//    as ChannelsLast3d for 5-D and ChannelsLast for 4-D inputs): output and
+//    input gradient have the strides of input. So a ChannelsLast3d input gives
+//    ChannelsLast3d results without any layout copy. A grad_output in another
+//    layout is copied to the layout of input once in backward.
+// An input that is both (C == 1, or all spatial sizes 1) runs the contiguous
+// kernels. Any other strided input, such as a permuted view, is copied to a
+// contiguous one first. The two layouts sum in different orders, so their
+// results agree to float32 rounding but not bit for bit. Other dtypes and
+// devices, and empty inputs, fall back to torch::relu(torch::group_norm(...)),
+// so the function works wherever LibTorch does. The fused kernels reduce in a
+// fixed order, so their results are bitwise the same for any intra-op thread
+// count.
 //
 // Throws std::invalid_argument when input has fewer than 3 dimensions, groups
 // does not divide C, weight or bias is not [C], or eps is negative or not
