@@ -40,6 +40,11 @@ if [[ -x "$bench/bench_norm" ]]; then
   OMP_NUM_THREADS=$threads "$bench/bench_norm"
 fi
 
+if [[ -x "$bench/bench_pool" ]]; then
+  section "2x2x2 max pool on ChannelsLast3d: our kernel against LibTorch"
+  OMP_NUM_THREADS=$threads "$bench/bench_pool"
+fi
+
 section "training step, both convolution backends, with the FMA peak"
 if [[ "$quick" == quick ]]; then
   "$bench/bench_step" --threads "$threads" --scale 4 --layers 1
