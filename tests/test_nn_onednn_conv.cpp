@@ -1,8 +1,9 @@
 // Tests of the oneDNN convolutions: forward outputs and the gradients of
 // input, weight and bias against LibTorch's torch::conv3d and
-// torch::conv_transpose3d evaluated in float64, the primitive cache, input
-// checks, and the module wrappers' parameters against torch::nn::Conv3d and
-// torch::nn::ConvTranspose3d.
+// torch::conv_transpose3d evaluated in float64, in contiguous and
+// channels-last layouts, the split convolution of a concatenation, the
+// primitive cache, input checks, and the module wrappers' parameters against
+// torch::nn::Conv3d and torch::nn::ConvTranspose3d.
 //
 // Tolerance: every comparison divides the maximum absolute difference by the
 // maximum absolute value of the float64 reference. The float32 oneDNN kernels
@@ -69,10 +70,12 @@ struct Operands {
   torch::Tensor grad_output;  // float32 weights of the scalar loss sum(output * grad_output)
 };
 
+// The float32 input is in `format`; the float64 copies are contiguous.
 Operands make_operands(const std::vector<std::int64_t>& input_shape, const std::vector<std::int64_t>& weight_shape,
-                       std::int64_t out_channels, bool with_bias) {
+                       std::int64_t out_channels, bool with_bias,
+                       torch::MemoryFormat format = torch::MemoryFormat::Contiguous) {
   Operands operands;
-  const torch::Tensor input = torch::randn(input_shape);
+  const torch::Tensor input = torch::randn(input_shape).contiguous(format);
   const torch::Tensor weight = torch::randn(weight_shape) * 0.2;
   operands.input = input.clone().requires_grad_(true);
   operands.weight = weight.clone().requires_grad_(true);
@@ -88,6 +91,25 @@ Operands make_operands(const std::vector<std::int64_t>& input_shape, const std::
 
 c10::optional<torch::Tensor> optional_bias(const torch::Tensor& bias) {
   return bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt;
+}
+
+const std::vector<torch::MemoryFormat> kLayouts = {torch::MemoryFormat::Contiguous,
+                                                   torch::MemoryFormat::ChannelsLast3d};
+
+std::string layout_name(torch::MemoryFormat format) {
+  return format == torch::MemoryFormat::ChannelsLast3d ? "channels-last" : "contiguous";
+}
+
+// Expects the layout rule of the header: a ChannelsLast3d input gives a
+// ChannelsLast3d output and input gradient. Tensors whose channel count or
+// spatial size makes both layouts the same memory are not checked.
+void expect_layout_kept(const torch::Tensor& input, const torch::Tensor& output, const std::string& label) {
+  if (input.is_contiguous() || !input.is_contiguous(torch::MemoryFormat::ChannelsLast3d)) {
+    return;
+  }
+  EXPECT_TRUE(output.is_contiguous(torch::MemoryFormat::ChannelsLast3d)) << label << ": output layout";
+  ASSERT_TRUE(input.grad().defined()) << label;
+  EXPECT_TRUE(input.grad().is_contiguous(torch::MemoryFormat::ChannelsLast3d)) << label << ": gradient layout";
 }
 
 // Backpropagates sum(output * grad_output) through both outputs and compares
@@ -119,23 +141,28 @@ TEST_F(OnednnConvTest, Conv3dMatchesLibTorchOnOddShapes) {
   const std::vector<ConvCase> cases = {
       {2, 3, 5, {6, 10, 8}, 3, 1, false},
       {2, 3, 5, {6, 10, 8}, 3, 1, true},
+      {2, 7, 6, {6, 10, 8}, 3, 1, false},
       {2, 13, 7, {6, 10, 8}, 3, 1, false},
       {2, 13, 7, {6, 10, 8}, 1, 0, true},
       {1, 13, 7, {5, 3, 7}, 3, 1, true},
       {2, 5, 4, {7, 5, 6}, 3, 0, true},
       {1, 16, 24, {4, 6, 8}, 3, 1, false},
   };
-  for (const ConvCase& c : cases) {
-    Operands operands =
-        make_operands({c.batch, c.in_channels, c.spatial[0], c.spatial[1], c.spatial[2]},
-                      {c.out_channels, c.in_channels, c.kernel, c.kernel, c.kernel}, c.out_channels, c.bias);
+  for (const torch::MemoryFormat format : kLayouts) {
+    for (const ConvCase& c : cases) {
+      Operands operands = make_operands({c.batch, c.in_channels, c.spatial[0], c.spatial[1], c.spatial[2]},
+                                        {c.out_channels, c.in_channels, c.kernel, c.kernel, c.kernel},
+                                        c.out_channels, c.bias, format);
 
-    const torch::Tensor output =
-        onednn_conv3d(operands.input, operands.weight, optional_bias(operands.bias), c.padding);
-    const torch::Tensor reference =
-        torch::conv3d(operands.input64, operands.weight64, operands.bias64, 1, c.padding);
+      const torch::Tensor output =
+          onednn_conv3d(operands.input, operands.weight, optional_bias(operands.bias), c.padding);
+      const torch::Tensor reference =
+          torch::conv3d(operands.input64, operands.weight64, operands.bias64, 1, c.padding);
 
-    expect_matches_reference(operands, output, reference, describe(c));
+      const std::string label = layout_name(format) + " " + describe(c);
+      expect_matches_reference(operands, output, reference, label);
+      expect_layout_kept(operands.input, output, label);
+    }
   }
 }
 
@@ -148,17 +175,105 @@ TEST_F(OnednnConvTest, ConvTranspose3dMatchesLibTorchOnOddShapes) {
       {1, 16, 8, {2, 3, 5}, 2, 0, true},
       {1, 5, 13, {1, 1, 1}, 2, 0, true},
   };
-  for (const ConvCase& c : cases) {
-    Operands operands =
-        make_operands({c.batch, c.in_channels, c.spatial[0], c.spatial[1], c.spatial[2]},
-                      {c.in_channels, c.out_channels, 2, 2, 2}, c.out_channels, c.bias);
+  for (const torch::MemoryFormat format : kLayouts) {
+    for (const ConvCase& c : cases) {
+      Operands operands =
+          make_operands({c.batch, c.in_channels, c.spatial[0], c.spatial[1], c.spatial[2]},
+                        {c.in_channels, c.out_channels, 2, 2, 2}, c.out_channels, c.bias, format);
 
-    const torch::Tensor output =
-        onednn_conv_transpose3d(operands.input, operands.weight, optional_bias(operands.bias));
-    const torch::Tensor reference =
-        torch::conv_transpose3d(operands.input64, operands.weight64, operands.bias64, 2);
+      const torch::Tensor output =
+          onednn_conv_transpose3d(operands.input, operands.weight, optional_bias(operands.bias));
+      const torch::Tensor reference =
+          torch::conv_transpose3d(operands.input64, operands.weight64, operands.bias64, 2);
 
-    expect_matches_reference(operands, output, reference, "transposed " + describe(c));
+      const std::string label = layout_name(format) + " transposed " + describe(c);
+      expect_matches_reference(operands, output, reference, label);
+      expect_layout_kept(operands.input, output, label);
+    }
+  }
+}
+
+TEST_F(OnednnConvTest, ConcatenatedConvMatchesLibTorch) {
+  // onednn_conv3d_cat(first, second) against torch::conv3d of the
+  // concatenation, in both layouts: channels-last runs the split
+  // convolutions, contiguous inputs the concatenation.
+  struct CatCase {
+    std::int64_t batch, first_channels, second_channels, out_channels;
+    std::vector<std::int64_t> spatial;
+    std::int64_t kernel, padding;
+    bool bias;
+  };
+  const std::vector<CatCase> cases = {
+      {2, 5, 7, 6, {6, 10, 8}, 3, 1, false},
+      {1, 16, 16, 8, {4, 6, 8}, 3, 1, true},
+      {2, 3, 13, 5, {5, 3, 7}, 1, 0, true},
+  };
+  for (const torch::MemoryFormat format : kLayouts) {
+    for (const CatCase& c : cases) {
+      const std::string label = layout_name(format) + " N=" + std::to_string(c.batch) + " " +
+                                std::to_string(c.first_channels) + "+" + std::to_string(c.second_channels) +
+                                "->" + std::to_string(c.out_channels) + " k" + std::to_string(c.kernel);
+      const std::int64_t in_channels = c.first_channels + c.second_channels;
+      const std::vector<std::int64_t> spatial = c.spatial;
+      const torch::Tensor first_values =
+          torch::randn({c.batch, c.first_channels, spatial[0], spatial[1], spatial[2]});
+      const torch::Tensor second_values =
+          torch::randn({c.batch, c.second_channels, spatial[0], spatial[1], spatial[2]});
+      const torch::Tensor weight_values =
+          torch::randn({c.out_channels, in_channels, c.kernel, c.kernel, c.kernel}) * 0.2;
+      const torch::Tensor bias_values = torch::randn({c.out_channels});
+
+      const torch::Tensor first = first_values.clone(format).requires_grad_(true);
+      const torch::Tensor second = second_values.clone(format).requires_grad_(true);
+      const torch::Tensor weight = weight_values.clone().requires_grad_(true);
+      const torch::Tensor bias = bias_values.clone().requires_grad_(true);
+      const torch::Tensor first64 = first_values.to(torch::kFloat64).requires_grad_(true);
+      const torch::Tensor second64 = second_values.to(torch::kFloat64).requires_grad_(true);
+      const torch::Tensor weight64 = weight_values.to(torch::kFloat64).requires_grad_(true);
+      const torch::Tensor bias64 = bias_values.to(torch::kFloat64).requires_grad_(true);
+
+      const torch::Tensor output = scaffold::onednn_conv3d_cat(first, second, weight,
+                                                               c.bias ? optional_bias(bias) : c10::nullopt, c.padding);
+      const torch::Tensor reference = torch::conv3d(torch::cat({first64, second64}, 1), weight64,
+                                                    c.bias ? bias64 : torch::Tensor(), 1, c.padding);
+      ASSERT_EQ(output.sizes(), reference.sizes()) << label;
+      EXPECT_LT(relative_error(output, reference), kRelativeTolerance) << label << ": forward output";
+
+      const torch::Tensor grad_output = torch::randn(output.sizes());
+      (output * grad_output).sum().backward();
+      (reference * grad_output.to(torch::kFloat64)).sum().backward();
+      EXPECT_LT(relative_error(first.grad(), first64.grad()), kRelativeTolerance) << label << ": first gradient";
+      EXPECT_LT(relative_error(second.grad(), second64.grad()), kRelativeTolerance) << label << ": second gradient";
+      EXPECT_LT(relative_error(weight.grad(), weight64.grad()), kRelativeTolerance) << label << ": weight gradient";
+      if (c.bias) {
+        EXPECT_LT(relative_error(bias.grad(), bias64.grad()), kRelativeTolerance) << label << ": bias gradient";
+      } else {
+        EXPECT_FALSE(bias.grad().defined()) << label;
+      }
+      expect_layout_kept(first, output, label);
+      expect_layout_kept(second, output, label);
+    }
+  }
+}
+
+TEST_F(OnednnConvTest, ConcatenatedConvRejectsMismatchedInputs) {
+  const auto channels_last = torch::MemoryFormat::ChannelsLast3d;
+  const torch::Tensor first = torch::randn({1, 4, 6, 6, 6}).contiguous(channels_last);
+  const torch::Tensor weight = torch::randn({5, 7, 3, 3, 3});
+  // A different spatial size in the second input.
+  EXPECT_THROW(scaffold::onednn_conv3d_cat(first, torch::randn({1, 3, 6, 6, 5}).contiguous(channels_last), weight,
+                                           c10::nullopt, 1),
+               std::invalid_argument);
+  // 4 + 4 channels against a weight for 7: the message names both inputs.
+  try {
+    scaffold::onednn_conv3d_cat(first, torch::randn({1, 4, 6, 6, 6}).contiguous(channels_last), weight,
+                                c10::nullopt, 1);
+    ADD_FAILURE() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& error) {
+    EXPECT_NE(std::string(error.what()).find("input has 8 channels (shape [1, 4, 6, 6, 6] concatenated with "
+                                             "[1, 4, 6, 6, 6]) but weight expects 7"),
+              std::string::npos)
+        << error.what();
   }
 }
 
@@ -178,18 +293,21 @@ TEST_F(OnednnConvTest, GradientsOnlyWhereRequested) {
 }
 
 TEST_F(OnednnConvTest, NonContiguousInputMatchesContiguous) {
-  // A channels-last input and a permuted weight carry the same values in
-  // other strides, which the functions copy to contiguous layout first.
+  // An input in neither layout (a transposed view) and a permuted weight
+  // carry the same values in other strides, which the function copies to
+  // contiguous layout first, so the result is bitwise the contiguous one.
   const torch::Tensor input = torch::randn({2, 13, 6, 10, 8});
   const torch::Tensor weight = torch::randn({7, 13, 3, 3, 3});
-  const torch::Tensor channels_last = input.contiguous(torch::MemoryFormat::ChannelsLast3d);
+  const torch::Tensor transposed_view = input.transpose(2, 4).contiguous().transpose(2, 4);
   const torch::Tensor strided_weight = weight.permute({1, 0, 2, 3, 4}).contiguous().permute({1, 0, 2, 3, 4});
-  ASSERT_FALSE(channels_last.is_contiguous());
+  ASSERT_FALSE(transposed_view.is_contiguous());
+  ASSERT_FALSE(transposed_view.is_contiguous(torch::MemoryFormat::ChannelsLast3d));
   ASSERT_FALSE(strided_weight.is_contiguous());
 
   const torch::Tensor expected = onednn_conv3d(input, weight, c10::nullopt, 1);
-  const torch::Tensor actual = onednn_conv3d(channels_last, strided_weight, c10::nullopt, 1);
+  const torch::Tensor actual = onednn_conv3d(transposed_view, strided_weight, c10::nullopt, 1);
 
+  EXPECT_TRUE(actual.is_contiguous());
   EXPECT_TRUE(torch::equal(actual, expected));
 }
 

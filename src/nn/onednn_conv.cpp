@@ -42,6 +42,13 @@ struct ConvShape {
   std::int64_t stride;
   std::int64_t padding;
   bool has_bias;
+  // Activations (src, dst and their gradients) in ndhwc, LibTorch's
+  // ChannelsLast3d, which the primitives then read and write in place.
+  // Otherwise they are ncdhw in LibTorch and oneDNN's choice inside the call.
+  bool channels_last;
+  // The forward pass adds its result to dst (a sum post-op) instead of
+  // overwriting it. Only with channels_last, where dst is the caller's tensor.
+  bool accumulate;
 
   bool operator==(const ConvShape&) const = default;
 };
@@ -60,6 +67,8 @@ struct ConvShapeHash {
     mix(shape.stride);
     mix(shape.padding);
     mix(shape.has_bias ? 1 : 0);
+    mix(shape.channels_last ? 1 : 0);
+    mix(shape.accumulate ? 1 : 0);
     return seed;
   }
 };
@@ -70,10 +79,11 @@ const char* kind_name(ConvKind kind) {
 
 std::string describe(const ConvShape& shape) {
   return fmt::format("{} with input [{}], weight (oneDNN order [Cout, Cin, kD, kH, kW]) [{}], output [{}], "
-                     "stride {}, padding {}, bias {}",
+                     "stride {}, padding {}, bias {}, activations {}{}",
                      kind_name(shape.kind), fmt::join(shape.src_dims, ", "),
                      fmt::join(shape.weights_dims, ", "), fmt::join(shape.dst_dims, ", "), shape.stride,
-                     shape.padding, shape.has_bias ? "yes" : "no");
+                     shape.padding, shape.has_bias ? "yes" : "no", shape.channels_last ? "ndhwc" : "ncdhw",
+                     shape.accumulate ? ", adding to the output" : "");
 }
 
 // Rethrows a oneDNN error as std::runtime_error naming the call, the shapes
@@ -124,10 +134,13 @@ ConvPrimitives create_primitives(const ConvShape& shape, dnnl::algorithm algorit
   dnnl::engine& engine = cpu_engine();
 
   // format_tag::any lets each primitive pick its preferred layout, usually
-  // channel-blocked, and the runner reorders plain tensors into it.
-  const memory::desc src_md(shape.src_dims, DataType::f32, Tag::any);
+  // channel-blocked, and the runner reorders plain tensors into it. Channels-
+  // last activations are passed as they are: oneDNN's ndhwc kernels are as
+  // fast as its blocked ones, and the activations then need no reorder.
+  const Tag activation_tag = shape.channels_last ? Tag::ndhwc : Tag::any;
+  const memory::desc src_md(shape.src_dims, DataType::f32, activation_tag);
   const memory::desc weights_md(shape.weights_dims, DataType::f32, Tag::any);
-  const memory::desc dst_md(shape.dst_dims, DataType::f32, Tag::any);
+  const memory::desc dst_md(shape.dst_dims, DataType::f32, activation_tag);
   const memory::desc bias_md = shape.has_bias ? memory::desc({shape.weights_dims[0]}, DataType::f32, Tag::a)
                                               : memory::desc();
   const memory::dims strides(3, shape.stride);
@@ -137,20 +150,32 @@ ConvPrimitives create_primitives(const ConvShape& shape, dnnl::algorithm algorit
   // cached primitive from sharing oneDNN's internal scratch buffer.
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // A separate object: copies of a primitive_attr share one oneDNN handle.
+  dnnl::primitive_attr fwd_attr;
+  fwd_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (shape.accumulate) {
+    dnnl::post_ops sum;
+    sum.append_sum(1.0F);
+    fwd_attr.set_post_ops(sum);
+  }
 
   ConvPrimitives primitives;
   const char* call = "forward primitive creation";
   try {
     const typename Fwd::desc fwd_desc(dnnl::prop_kind::forward_training, algorithm, src_md, weights_md,
                                       bias_md, dst_md, strides, padding, padding);
-    const typename Fwd::primitive_desc fwd_pd(fwd_desc, attr, engine);
+    const typename Fwd::primitive_desc fwd_pd(fwd_desc, fwd_attr, engine);
     primitives.forward = {Fwd(fwd_pd), fwd_pd.src_desc(), fwd_pd.weights_desc(), fwd_pd.dst_desc(),
                           fwd_pd.scratchpad_desc()};
+    // Backward primitives take the forward one as a hint, which must not
+    // carry post-ops.
+    const typename Fwd::primitive_desc hint_pd =
+        shape.accumulate ? typename Fwd::primitive_desc(fwd_desc, attr, engine) : fwd_pd;
 
     call = "backward-data primitive creation";
     const typename BwdData::desc bwd_data_desc(algorithm, src_md, weights_md, dst_md, strides, padding,
                                                padding);
-    const typename BwdData::primitive_desc bwd_data_pd(bwd_data_desc, attr, engine, fwd_pd);
+    const typename BwdData::primitive_desc bwd_data_pd(bwd_data_desc, attr, engine, hint_pd);
     primitives.backward_data = {BwdData(bwd_data_pd), bwd_data_pd.diff_src_desc(),
                                 bwd_data_pd.weights_desc(), bwd_data_pd.diff_dst_desc(),
                                 bwd_data_pd.scratchpad_desc()};
@@ -158,7 +183,7 @@ ConvPrimitives create_primitives(const ConvShape& shape, dnnl::algorithm algorit
     call = "backward-weights primitive creation";
     const typename BwdWeights::desc bwd_weights_desc(algorithm, src_md, weights_md, bias_md, dst_md, strides,
                                                      padding, padding);
-    const typename BwdWeights::primitive_desc bwd_weights_pd(bwd_weights_desc, attr, engine, fwd_pd);
+    const typename BwdWeights::primitive_desc bwd_weights_pd(bwd_weights_desc, attr, engine, hint_pd);
     primitives.backward_weights = {BwdWeights(bwd_weights_pd), bwd_weights_pd.src_desc(),
                                    bwd_weights_pd.diff_weights_desc(), bwd_weights_pd.diff_dst_desc(),
                                    bwd_weights_pd.scratchpad_desc()};
@@ -206,9 +231,13 @@ PrimitiveCache& primitive_cache() {
   return cache;
 }
 
-// Plain layouts of LibTorch tensors in oneDNN terms.
-memory::desc plain_activation_md(const memory::dims& dims) {
-  return memory::desc(dims, DataType::f32, Tag::ncdhw);
+// Layouts of LibTorch tensors in oneDNN terms.
+memory::desc plain_activation_md(const ConvShape& shape, const memory::dims& dims) {
+  return memory::desc(dims, DataType::f32, shape.channels_last ? Tag::ndhwc : Tag::ncdhw);
+}
+
+torch::MemoryFormat activation_format(const ConvShape& shape) {
+  return shape.channels_last ? torch::MemoryFormat::ChannelsLast3d : torch::MemoryFormat::Contiguous;
 }
 
 memory::desc plain_weights_md(const ConvShape& shape) {
@@ -295,20 +324,28 @@ class PassRunner {
   std::vector<std::pair<memory, memory>> copy_back_;
 };
 
-torch::Tensor run_forward(const ConvShape& shape, const torch::Tensor& input, const torch::Tensor& weight,
-                          const torch::Tensor& bias) {
+// Writes the convolution of input into output, or adds it to output when
+// shape.accumulate is set. output: shape.dst_dims in the shape's layout.
+void run_forward_into(const ConvShape& shape, const torch::Tensor& input, const torch::Tensor& weight,
+                      const torch::Tensor& bias, const torch::Tensor& output) {
   const auto primitives = primitive_cache().get(shape);
   const ConvPass& pass = primitives->forward;
-  torch::Tensor output = torch::empty(shape.dst_dims, input.options());
 
   PassRunner runner(pass, shape, "forward execution");
-  runner.add_input(DNNL_ARG_SRC, input, plain_activation_md(shape.src_dims), pass.src_md);
+  runner.add_input(DNNL_ARG_SRC, input, plain_activation_md(shape, shape.src_dims), pass.src_md);
   runner.add_input(DNNL_ARG_WEIGHTS, weight, plain_weights_md(shape), pass.weights_md);
   if (shape.has_bias) {
     runner.add_input(DNNL_ARG_BIAS, bias, plain_bias_md(shape), plain_bias_md(shape));
   }
-  runner.add_output(DNNL_ARG_DST, output, plain_activation_md(shape.dst_dims), pass.dst_md);
+  runner.add_output(DNNL_ARG_DST, output, plain_activation_md(shape, shape.dst_dims), pass.dst_md);
   runner.run();
+}
+
+torch::Tensor run_forward(const ConvShape& shape, const torch::Tensor& input, const torch::Tensor& weight,
+                          const torch::Tensor& bias) {
+  torch::Tensor output =
+      torch::empty(shape.dst_dims, input.options().memory_format(activation_format(shape)));
+  run_forward_into(shape, input, weight, bias, output);
   return output;
 }
 
@@ -316,12 +353,13 @@ torch::Tensor run_backward_data(const ConvShape& shape, const torch::Tensor& gra
                                 const torch::Tensor& weight) {
   const auto primitives = primitive_cache().get(shape);
   const ConvPass& pass = primitives->backward_data;
-  torch::Tensor grad_input = torch::empty(shape.src_dims, grad_output.options());
+  torch::Tensor grad_input =
+      torch::empty(shape.src_dims, grad_output.options().memory_format(activation_format(shape)));
 
   PassRunner runner(pass, shape, "backward-data execution");
-  runner.add_input(DNNL_ARG_DIFF_DST, grad_output, plain_activation_md(shape.dst_dims), pass.dst_md);
+  runner.add_input(DNNL_ARG_DIFF_DST, grad_output, plain_activation_md(shape, shape.dst_dims), pass.dst_md);
   runner.add_input(DNNL_ARG_WEIGHTS, weight, plain_weights_md(shape), pass.weights_md);
-  runner.add_output(DNNL_ARG_DIFF_SRC, grad_input, plain_activation_md(shape.src_dims), pass.src_md);
+  runner.add_output(DNNL_ARG_DIFF_SRC, grad_input, plain_activation_md(shape, shape.src_dims), pass.src_md);
   runner.run();
   return grad_input;
 }
@@ -337,8 +375,8 @@ std::pair<torch::Tensor, torch::Tensor> run_backward_weights(const ConvShape& sh
   torch::Tensor grad_bias;
 
   PassRunner runner(pass, shape, "backward-weights execution");
-  runner.add_input(DNNL_ARG_SRC, input, plain_activation_md(shape.src_dims), pass.src_md);
-  runner.add_input(DNNL_ARG_DIFF_DST, grad_output, plain_activation_md(shape.dst_dims), pass.dst_md);
+  runner.add_input(DNNL_ARG_SRC, input, plain_activation_md(shape, shape.src_dims), pass.src_md);
+  runner.add_input(DNNL_ARG_DIFF_DST, grad_output, plain_activation_md(shape, shape.dst_dims), pass.dst_md);
   runner.add_output(DNNL_ARG_DIFF_WEIGHTS, grad_weight, plain_weights_md(shape), pass.weights_md);
   if (shape.has_bias) {
     grad_bias = torch::empty({shape.weights_dims[0]}, weight.options());
@@ -393,43 +431,59 @@ void check_bias(const char* function, const c10::optional<torch::Tensor>& bias, 
 bool has_bias(const c10::optional<torch::Tensor>& bias) { return bias.has_value() && bias->defined(); }
 
 ConvShape conv_shape(const torch::Tensor& input, const torch::Tensor& weight, bool with_bias,
-                     std::int64_t padding) {
+                     std::int64_t padding, bool channels_last) {
   const std::int64_t kernel = weight.size(2);
   memory::dims dst_dims{input.size(0), weight.size(0)};
   for (int dim = 2; dim < 5; ++dim) {
     dst_dims.push_back(input.size(dim) + 2 * padding - kernel + 1);
   }
-  return {ConvKind::convolution, input.sizes().vec(), weight.sizes().vec(), dst_dims, 1, padding, with_bias};
+  return {ConvKind::convolution, input.sizes().vec(), weight.sizes().vec(), dst_dims, 1, padding, with_bias,
+          channels_last, false};
 }
 
-ConvShape transposed_shape(const torch::Tensor& input, const torch::Tensor& weight, bool with_bias) {
+ConvShape transposed_shape(const torch::Tensor& input, const torch::Tensor& weight, bool with_bias,
+                           bool channels_last) {
   // LibTorch's [Cin, Cout, 2, 2, 2] is oneDNN's logical [Cout, Cin, 2, 2, 2].
   const memory::dims weights_dims{weight.size(1), weight.size(0), 2, 2, 2};
   const memory::dims dst_dims{input.size(0), weight.size(1), 2 * input.size(2), 2 * input.size(3),
                               2 * input.size(4)};
-  return {ConvKind::transposed, input.sizes().vec(), weights_dims, dst_dims, 2, 0, with_bias};
+  return {ConvKind::transposed, input.sizes().vec(), weights_dims, dst_dims, 2, 0, with_bias, channels_last, false};
 }
 
 ConvShape shape_of(ConvKind kind, const torch::Tensor& input, const torch::Tensor& weight, bool with_bias,
-                   std::int64_t padding) {
-  return kind == ConvKind::convolution ? conv_shape(input, weight, with_bias, padding)
-                                       : transposed_shape(input, weight, with_bias);
+                   std::int64_t padding, bool channels_last) {
+  return kind == ConvKind::convolution ? conv_shape(input, weight, with_bias, padding, channels_last)
+                                       : transposed_shape(input, weight, with_bias, channels_last);
+}
+
+// The activation layout a call runs in: channels-last when LibTorch would
+// suggest ChannelsLast3d for the input (its strides say so), else plain.
+bool prefers_channels_last(const torch::Tensor& input) {
+  return input.suggest_memory_format() == torch::MemoryFormat::ChannelsLast3d;
+}
+
+torch::MemoryFormat memory_format(bool channels_last) {
+  return channels_last ? torch::MemoryFormat::ChannelsLast3d : torch::MemoryFormat::Contiguous;
 }
 
 // Autograd function over both kinds: inputs (input, weight, optional bias,
-// kind, padding), all tensors already checked and contiguous. The bias is an
-// optional because LibTorch 1.13's Function::apply rejects undefined tensors.
+// kind, padding, channels_last), all tensors already checked, the input
+// contiguous in the layout channels_last names and the others contiguous.
+// The bias is an optional because LibTorch 1.13's Function::apply rejects
+// undefined tensors.
 class OnednnConvFunction : public torch::autograd::Function<OnednnConvFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& input,
                                const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
-                               std::int64_t kind, std::int64_t padding) {
+                               std::int64_t kind, std::int64_t padding, bool channels_last) {
     const bool with_bias = has_bias(bias);
-    const ConvShape shape = shape_of(static_cast<ConvKind>(kind), input, weight, with_bias, padding);
+    const ConvShape shape =
+        shape_of(static_cast<ConvKind>(kind), input, weight, with_bias, padding, channels_last);
     ctx->save_for_backward({input, weight});
     ctx->saved_data["kind"] = kind;
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["has_bias"] = with_bias;
+    ctx->saved_data["channels_last"] = channels_last;
     return run_forward(shape, input, weight, with_bias ? *bias : torch::Tensor());
   }
 
@@ -450,10 +504,13 @@ class OnednnConvFunction : public torch::autograd::Function<OnednnConvFunction> 
     const torch::Tensor& input = saved[0];
     const torch::Tensor& weight = saved[1];
     const bool with_bias = ctx->saved_data["has_bias"].toBool();
-    const ConvShape shape = shape_of(kind, input, weight, with_bias, ctx->saved_data["padding"].toInt());
+    const bool channels_last = ctx->saved_data["channels_last"].toBool();
+    const ConvShape shape =
+        shape_of(kind, input, weight, with_bias, ctx->saved_data["padding"].toInt(), channels_last);
 
-    // grad_output: [N, Cout, D', H', W'], possibly a broadcast view.
-    const torch::Tensor grad_output = grad_outputs[0].contiguous();
+    // grad_output: [N, Cout, D', H', W'], possibly a broadcast view or in
+    // the other layout.
+    const torch::Tensor grad_output = grad_outputs[0].contiguous(memory_format(channels_last));
 
     torch::Tensor grad_input;
     if (ctx->needs_input_grad(0)) {
@@ -473,7 +530,7 @@ class OnednnConvFunction : public torch::autograd::Function<OnednnConvFunction> 
     if (!needs_bias_grad) {
       grad_bias = torch::Tensor();
     }
-    return {grad_input, grad_weight, grad_bias, torch::Tensor(), torch::Tensor()};
+    return {grad_input, grad_weight, grad_bias, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -481,14 +538,117 @@ c10::optional<torch::Tensor> contiguous_bias(const c10::optional<torch::Tensor>&
   return has_bias(bias) ? c10::optional<torch::Tensor>(bias->contiguous()) : c10::nullopt;
 }
 
+// conv3d(cat({first, second}, 1), weight, bias) for channels-last inputs
+// without the concatenation: the weight splits along its input channels into
+// [Cout, C1, k, k, k] and [Cout, C2, k, k, k], the first convolution writes
+// the output (with the bias) and the second adds to it. Backward runs the
+// backward passes of both halves, which yields the two input gradients
+// directly instead of slices of one gradient, and concatenates the two
+// weight gradients, which are small.
+//
+// Inputs (first, second, weight, optional bias, padding): first and second
+// contiguous in ChannelsLast3d with equal batch and spatial sizes, weight
+// contiguous [Cout, C1 + C2, k, k, k].
+class OnednnConvCatFunction : public torch::autograd::Function<OnednnConvCatFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& first,
+                               const torch::Tensor& second, const torch::Tensor& weight,
+                               const c10::optional<torch::Tensor>& bias, std::int64_t padding) {
+    const bool with_bias = has_bias(bias);
+    const auto [first_weight, second_weight] = split_weight(weight, first.size(1));
+    const ConvShape first_shape = conv_shape(first, first_weight, with_bias, padding, true);
+    ConvShape second_shape = conv_shape(second, second_weight, false, padding, true);
+    second_shape.accumulate = true;
+
+    torch::Tensor output =
+        torch::empty(first_shape.dst_dims, first.options().memory_format(torch::MemoryFormat::ChannelsLast3d));
+    run_forward_into(first_shape, first, first_weight, with_bias ? *bias : torch::Tensor(), output);
+    run_forward_into(second_shape, second, second_weight, torch::Tensor(), output);
+
+    ctx->save_for_backward({first, second, weight});
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["has_bias"] = with_bias;
+    return output;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    if (at::GradMode::is_enabled()) {
+      throw std::runtime_error(
+          "onednn_conv3d_cat: double backward is not supported, so call backward() without create_graph or "
+          "use torch::conv3d on the concatenated input");
+    }
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& first = saved[0];
+    const torch::Tensor& second = saved[1];
+    const torch::Tensor& weight = saved[2];
+    const bool with_bias = ctx->saved_data["has_bias"].toBool();
+    const std::int64_t padding = ctx->saved_data["padding"].toInt();
+    const auto [first_weight, second_weight] = split_weight(weight, first.size(1));
+    // The backward primitives of a shape do not depend on accumulate, so the
+    // plain shapes serve both halves.
+    const ConvShape first_shape = conv_shape(first, first_weight, with_bias, padding, true);
+    const ConvShape second_shape = conv_shape(second, second_weight, false, padding, true);
+
+    const torch::Tensor grad_output = grad_outputs[0].contiguous(torch::MemoryFormat::ChannelsLast3d);
+    torch::Tensor grad_first;
+    torch::Tensor grad_second;
+    if (ctx->needs_input_grad(0)) {
+      grad_first = run_backward_data(first_shape, grad_output, first_weight);
+    }
+    if (ctx->needs_input_grad(1)) {
+      grad_second = run_backward_data(second_shape, grad_output, second_weight);
+    }
+
+    torch::Tensor grad_weight;
+    torch::Tensor grad_bias;
+    const bool needs_bias_grad = with_bias && ctx->needs_input_grad(3);
+    if (ctx->needs_input_grad(2) || needs_bias_grad) {
+      torch::Tensor grad_first_weight;
+      std::tie(grad_first_weight, grad_bias) = run_backward_weights(first_shape, grad_output, first, first_weight);
+      if (ctx->needs_input_grad(2)) {
+        const torch::Tensor grad_second_weight =
+            run_backward_weights(second_shape, grad_output, second, second_weight).first;
+        grad_weight = torch::cat({grad_first_weight, grad_second_weight}, 1);
+      }
+    }
+    if (!needs_bias_grad) {
+      grad_bias = torch::Tensor();
+    }
+    return {grad_first, grad_second, grad_weight, grad_bias, torch::Tensor()};
+  }
+
+ private:
+  // weight: [Cout, C1 + C2, k, k, k] -> contiguous [Cout, C1, ...] and [Cout, C2, ...]
+  static std::pair<torch::Tensor, torch::Tensor> split_weight(const torch::Tensor& weight,
+                                                              std::int64_t first_channels) {
+    return {weight.narrow(1, 0, first_channels).contiguous(),
+            weight.narrow(1, first_channels, weight.size(1) - first_channels).contiguous()};
+  }
+};
+
 }  // namespace
 
-torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& weight,
-                            const c10::optional<torch::Tensor>& bias, std::int64_t padding) {
-  constexpr const char* kFunction = "onednn_conv3d";
+namespace {
+
+// Checks the arguments of a stride-1 convolution whose input is `input`,
+// or the channel concatenation of `input` and `second` when second is given.
+void check_conv3d_arguments(const char* kFunction, const torch::Tensor& input, const torch::Tensor* second,
+                            const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
+                            std::int64_t padding) {
   check_tensor(kFunction, "input", input, 5);
   check_tensor(kFunction, "weight", weight, 5);
   check_bias(kFunction, bias, weight.size(0));
+  std::int64_t input_channels = input.size(1);
+  if (second != nullptr) {
+    check_tensor(kFunction, "second input", *second, 5);
+    if (second->size(0) != input.size(0) || second->sizes().slice(2) != input.sizes().slice(2)) {
+      throw std::invalid_argument(fmt::format(
+          "{}: the inputs to concatenate along channels differ in batch or spatial size: {} and {}", kFunction,
+          shape_string(input), shape_string(*second)));
+    }
+    input_channels += second->size(1);
+  }
 
   // weight: [Cout, Cin, k, k, k]
   const std::int64_t kernel = weight.size(2);
@@ -497,10 +657,12 @@ torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& wei
         "{}: weight has shape {}, but only cubic kernels [Cout, Cin, k, k, k] are supported", kFunction,
         shape_string(weight)));
   }
-  if (weight.size(1) != input.size(1)) {
+  if (weight.size(1) != input_channels) {
     throw std::invalid_argument(fmt::format(
-        "{}: input has {} channels (shape {}) but weight expects {} (shape {} is [Cout, Cin, k, k, k])",
-        kFunction, input.size(1), shape_string(input), weight.size(1), shape_string(weight)));
+        "{}: input has {} channels (shape {}{}) but weight expects {} (shape {} is [Cout, Cin, k, k, k])",
+        kFunction, input_channels, shape_string(input),
+        second != nullptr ? " concatenated with " + shape_string(*second) : std::string(), weight.size(1),
+        shape_string(weight)));
   }
   if (padding < 0) {
     throw std::invalid_argument(fmt::format("{}: padding must be non-negative, got {}", kFunction, padding));
@@ -516,9 +678,17 @@ torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& wei
           shape_string(input), padding, kernel));
     }
   }
+}
 
-  return OnednnConvFunction::apply(input.contiguous(), weight.contiguous(), contiguous_bias(bias),
-                                   static_cast<std::int64_t>(ConvKind::convolution), padding);
+}  // namespace
+
+torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& weight,
+                            const c10::optional<torch::Tensor>& bias, std::int64_t padding) {
+  check_conv3d_arguments("onednn_conv3d", input, nullptr, weight, bias, padding);
+  const bool channels_last = prefers_channels_last(input);
+  return OnednnConvFunction::apply(input.contiguous(memory_format(channels_last)), weight.contiguous(),
+                                   contiguous_bias(bias), static_cast<std::int64_t>(ConvKind::convolution),
+                                   padding, channels_last);
 }
 
 torch::Tensor onednn_conv_transpose3d(const torch::Tensor& input, const torch::Tensor& weight,
@@ -544,8 +714,26 @@ torch::Tensor onednn_conv_transpose3d(const torch::Tensor& input, const torch::T
                                             shape_string(input), shape_string(weight)));
   }
 
-  return OnednnConvFunction::apply(input.contiguous(), weight.contiguous(), contiguous_bias(bias),
-                                   static_cast<std::int64_t>(ConvKind::transposed), std::int64_t{0});
+  const bool channels_last = prefers_channels_last(input);
+  return OnednnConvFunction::apply(input.contiguous(memory_format(channels_last)), weight.contiguous(),
+                                   contiguous_bias(bias), static_cast<std::int64_t>(ConvKind::transposed),
+                                   std::int64_t{0}, channels_last);
+}
+
+torch::Tensor onednn_conv3d_cat(const torch::Tensor& first, const torch::Tensor& second,
+                                const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
+                                std::int64_t padding) {
+  check_conv3d_arguments("onednn_conv3d_cat", first, &second, weight, bias, padding);
+
+  // The split needs the output in the caller's layout, so that the second
+  // convolution can add to it; that is the channels-last layout. Otherwise
+  // concatenating is as cheap as anything else.
+  if (!prefers_channels_last(first) || !prefers_channels_last(second)) {
+    return onednn_conv3d(torch::cat({first, second}, 1), weight, bias, padding);
+  }
+  const auto channels_last = torch::MemoryFormat::ChannelsLast3d;
+  return OnednnConvCatFunction::apply(first.contiguous(channels_last), second.contiguous(channels_last),
+                                      weight.contiguous(), contiguous_bias(bias), padding);
 }
 
 std::size_t onednn_conv_cache_size() { return primitive_cache().size(); }
@@ -600,6 +788,11 @@ OnednnConv3dImpl::OnednnConv3dImpl(std::int64_t in_channels, std::int64_t out_ch
 torch::Tensor OnednnConv3dImpl::forward(const torch::Tensor& x) {
   return onednn_conv3d(x, weight, bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt,
                        padding_);
+}
+
+torch::Tensor OnednnConv3dImpl::forward_cat(const torch::Tensor& first, const torch::Tensor& second) {
+  return onednn_conv3d_cat(first, second, weight,
+                           bias.defined() ? c10::optional<torch::Tensor>(bias) : c10::nullopt, padding_);
 }
 
 void OnednnConv3dImpl::reset_parameters() { reset_conv_parameters(weight, bias); }

@@ -3,10 +3,18 @@
 //
 // LibTorch 1.13 sends batch-1 conv3d with N*C*D*H <= 20480 to an im2col + BLAS
 // path that reaches a few percent of the CPU's FMA peak. These functions call
-// oneDNN's convolution and deconvolution primitives directly instead. Tensors
-// stay in LibTorch's plain layouts ([N, C, D, H, W] activations, [O, I, kD, kH, kW]
-// convolution weights, [I, O, kD, kH, kW] transposed-convolution weights) and are
-// reordered to the blocked layouts the primitives choose only inside the call.
+// oneDNN's convolution and deconvolution primitives directly instead.
+//
+// Layouts. Weights stay in LibTorch's layouts ([O, I, kD, kH, kW] for
+// convolutions, [I, O, kD, kH, kW] for transposed convolutions) and are
+// reordered to the primitive's blocked layout inside each call, which costs
+// under 1% of the convolution. Activations keep the layout they come in:
+//   - ChannelsLast3d input (strides N, D, H, W, C): the primitives run on
+//     oneDNN's ndhwc kernels and read and write the tensors in place, and the
+//     output and the input gradient are ChannelsLast3d. This is the fast path,
+//     which the U-Net uses.
+//   - Any other input is made contiguous; the primitives pick their preferred
+//     blocked layout, and each call reorders its activations into it and back.
 //
 // Supported: float32 CPU tensors, stride 1 convolutions with any cubic kernel
 // and symmetric padding, and transposed convolutions with kernel 2 and stride 2.
@@ -32,8 +40,8 @@ namespace scaffold {
 // bias:   [Cout] or none
 // return: [N, Cout, D + 2p - k + 1, H + 2p - k + 1, W + 2p - k + 1]
 //
-// Non-contiguous tensors are copied to contiguous ones first, as torch::conv3d
-// does. Throws std::invalid_argument for another dtype, device, rank or shape
+// Inputs in neither plain nor ChannelsLast3d layout are copied to a
+// contiguous tensor first, as torch::conv3d does. Throws std::invalid_argument for another dtype, device, rank or shape
 // mismatch, and std::runtime_error when a oneDNN call fails.
 torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& weight,
                             const c10::optional<torch::Tensor>& bias, std::int64_t padding);
@@ -49,6 +57,23 @@ torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& wei
 // Same contiguity rule and errors as onednn_conv3d.
 torch::Tensor onednn_conv_transpose3d(const torch::Tensor& input, const torch::Tensor& weight,
                                       const c10::optional<torch::Tensor>& bias);
+
+// Computes onednn_conv3d(torch::cat({first, second}, 1), weight, bias,
+// padding), the first convolution after a U-Net skip connection.
+//
+// first:  [N, C1, D, H, W], second: [N, C2, D, H, W] float32 on CPU
+// weight: [Cout, C1 + C2, k, k, k]
+//
+// With both inputs in ChannelsLast3d it never builds the concatenation: it
+// convolves each input with its slice of the weight and adds the results, and
+// its backward pass writes the two input gradients separately. Other layouts
+// concatenate and call onednn_conv3d. The result equals the concatenated
+// convolution up to float rounding, as summation order differs. Same errors
+// as onednn_conv3d, and std::invalid_argument when the inputs differ in batch
+// or spatial size.
+torch::Tensor onednn_conv3d_cat(const torch::Tensor& first, const torch::Tensor& second,
+                                const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias,
+                                std::int64_t padding);
 
 // Returns the number of shapes whose oneDNN primitives are cached. Each
 // distinct (operation, input shape, weight shape, padding, bias) adds one entry.
@@ -69,6 +94,10 @@ class OnednnConv3dImpl : public torch::nn::Module {
 
   // x: [N, in_channels, D, H, W] -> [N, out_channels, D + 2p - k + 1, ...]
   torch::Tensor forward(const torch::Tensor& x);
+
+  // forward(torch::cat({first, second}, 1)) through onednn_conv3d_cat,
+  // without building the concatenation for channels-last inputs.
+  torch::Tensor forward_cat(const torch::Tensor& first, const torch::Tensor& second);
 
   // Draws new weights (kaiming_uniform with a = sqrt(5)) and bias
   // (uniform in +-1/sqrt(fan_in)), as torch::nn::Conv3d does.
