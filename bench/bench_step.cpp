@@ -7,7 +7,10 @@
 // the same run, and the process's peak resident memory so far.
 //
 // Usage: bench_step [--threads N] [--batch N] [--steps N] [--channels-last]
-//                   [--backend both|libtorch|onednn] [--scale S --layers L]
+//                   [--fresh-mmap] [--backend both|libtorch|onednn]
+//                   [--scale S --layers L]
+// --fresh-mmap leaves glibc's default of mapping every large buffer afresh,
+// instead of the trainer's policy of keeping freed memory for reuse.
 // Without --scale it runs scale 4 (L = 1 and L = 2), 5 (L = 2) and 6 (L = 3).
 // With --backend both (the default) each case runs with LibTorch's own
 // convolutions, then with oneDNN called directly, and prints the ratio.
@@ -25,6 +28,7 @@
 #include "fma_peak.hpp"
 #include "nn/unet.hpp"
 #include "train/loss.hpp"
+#include "train/memory_policy.hpp"
 #include "train/schedule.hpp"
 
 namespace {
@@ -43,6 +47,7 @@ struct BenchOptions {
   int batch = 1;
   int steps = 0;  // 0: pick per scale
   bool channels_last = false;
+  bool keep_freed_memory = true;  // the trainer's malloc policy (train/memory_policy.hpp)
   std::vector<scaffold::ConvBackend> backends = {scaffold::ConvBackend::libtorch, scaffold::ConvBackend::onednn};
   double peak_gflops = 0;  // measured at start
   std::vector<BenchCase> cases = {{4, 1}, {4, 2}, {5, 2}, {6, 3}};
@@ -220,6 +225,10 @@ BenchOptions parse_options(int argc, char** argv) {
       options.channels_last = true;
       continue;
     }
+    if (flag == "--fresh-mmap") {
+      options.keep_freed_memory = false;
+      continue;
+    }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "missing value for %s\n", flag.c_str());
       std::exit(2);
@@ -247,7 +256,7 @@ BenchOptions parse_options(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "unknown option %s; use --threads N, --batch N, --steps N, --channels-last, "
+                   "unknown option %s; use --threads N, --batch N, --steps N, --channels-last, --fresh-mmap, "
                    "--backend both|libtorch|onednn, --scale S --layers L\n",
                    flag.c_str());
       std::exit(2);
@@ -264,10 +273,16 @@ BenchOptions parse_options(int argc, char** argv) {
 int main(int argc, char** argv) {
   BenchOptions options = parse_options(argc, argv);
   torch::set_num_threads(options.threads);
+  if (options.keep_freed_memory) {
+    scaffold::keep_freed_memory_for_reuse();
+  }
   options.peak_gflops = scaffold_bench::best_fma_peak_gflops(options.threads);
-  std::printf("LibTorch %s, %d threads, %s layout, FMA peak %.1f GFLOP/s (register-only loop, %s)\n", TORCH_VERSION,
-              torch::get_num_threads(), options.channels_last ? "channels_last_3d" : "contiguous NCDHW",
-              options.peak_gflops, __builtin_cpu_supports("avx512f") ? "AVX-512" : "AVX2");
+  std::printf(
+      "LibTorch %s, %d threads, %s input and LibTorch-path layout (the oneDNN path is channels-last inside), "
+      "malloc %s, FMA peak %.1f GFLOP/s (register-only loop, %s)\n",
+      TORCH_VERSION, torch::get_num_threads(), options.channels_last ? "channels_last_3d" : "contiguous NCDHW",
+      options.keep_freed_memory ? "keeps freed memory" : "maps large blocks afresh", options.peak_gflops,
+      __builtin_cpu_supports("avx512f") ? "AVX-512" : "AVX2");
 
   for (const auto& bench_case : options.cases) {
     try {

@@ -47,11 +47,28 @@ DoubleConvImpl::DoubleConvImpl(int in_channels, int out_channels, int group_norm
 // fused_group_norm_relu_unsupported_reason(x, groups) is empty.
 torch::Tensor DoubleConvImpl::forward(const torch::Tensor& x) { return double_conv_->forward(x); }
 
+torch::Tensor DoubleConvImpl::forward_cat(const torch::Tensor& first, const torch::Tensor& second) {
+  auto layer = double_conv_->begin();
+  auto* onednn_conv = layer->ptr()->as<OnednnConv3dImpl>();
+  torch::Tensor h = onednn_conv != nullptr ? onednn_conv->forward_cat(first, second)
+                                           : layer->forward(torch::cat({first, second}, 1));
+  for (++layer; layer != double_conv_->end(); ++layer) {
+    h = layer->forward(h);
+  }
+  return h;
+}
+
 DownImpl::DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend,
                    NormBackend norm_backend) {
-  maxpool_conv_ =
-      torch::nn::Sequential(torch::nn::MaxPool3d(torch::nn::MaxPool3dOptions(2).stride(2)),
-                            DoubleConv(in_channels, out_channels, group_norm_groups, backend, norm_backend));
+  // The oneDNN backend keeps activations channels-last, which LibTorch's
+  // max pool would turn into plain contiguous ones, at half its speed.
+  torch::nn::AnyModule pool =
+      backend == ConvBackend::onednn
+          ? torch::nn::AnyModule(MaxPool3d2x2x2())
+          : torch::nn::AnyModule(torch::nn::MaxPool3d(torch::nn::MaxPool3dOptions(2).stride(2)));
+  maxpool_conv_ = torch::nn::Sequential();
+  maxpool_conv_->push_back("0", std::move(pool));
+  maxpool_conv_->push_back("1", DoubleConv(in_channels, out_channels, group_norm_groups, backend, norm_backend));
   register_module("maxpool_conv", maxpool_conv_);
 }
 
@@ -71,7 +88,7 @@ torch::Tensor UpImpl::forward(const torch::Tensor& deep, const torch::Tensor& sk
   const torch::Tensor upsampled = up_.forward(deep);
 
   // Skip connection first, matching the reference channel order.
-  return conv_->forward(torch::cat({skip, upsampled}, 1));
+  return conv_->forward_cat(skip, upsampled);
 }
 
 OutConvImpl::OutConvImpl(int in_channels, int n_classes, ConvBackend backend) {
@@ -87,7 +104,10 @@ UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_gr
 
 UNetImpl::UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups, ConvBackend backend,
                    NormBackend norm_backend)
-    : in_channels_(in_channels), n_classes_(n_classes), layers_(layers) {
+    : in_channels_(in_channels),
+      n_classes_(n_classes),
+      layers_(layers),
+      channels_last_(backend == ConvBackend::onednn) {
   if (layers < 1) {
     throw std::invalid_argument(fmt::format(
         "invalid U-Net depth: layers={} but it must be at least 1 (unet_layers = problem_scale - "
@@ -152,7 +172,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x) {
   // skips[i]: [N, 64 * 2^i, D / 2^i, H / 2^i, W / 2^i] for i = 0..layers-1.
   std::vector<torch::Tensor> skips;
   skips.reserve(layers_);
-  torch::Tensor h = inc_->forward(x);
+  torch::Tensor h = inc_->forward(channels_last_ ? x.contiguous(torch::MemoryFormat::ChannelsLast3d) : x);
   for (auto& down : downs_) {
     skips.push_back(h);
     h = down->forward(h);
@@ -165,7 +185,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x) {
   }
 
   // logits: [N, n_classes, D, H, W]
-  return outc_->forward(h);
+  return outc_->forward(h).contiguous();
 }
 
 std::int64_t count_parameters(const UNet& net) {

@@ -15,6 +15,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "nn/groupnorm_relu.hpp"
+#include "nn/max_pool.hpp"
 #include "nn/onednn_conv.hpp"
 
 namespace scaffold {
@@ -30,6 +31,11 @@ class DoubleConvImpl : public torch::nn::Module {
   // x: [N, in_channels, D, H, W] -> [N, out_channels, D, H, W]
   torch::Tensor forward(const torch::Tensor& x);
 
+  // forward(torch::cat({first, second}, 1)). On the oneDNN backend the first
+  // convolution takes both inputs (onednn_conv3d_cat), so the concatenation
+  // is never built.
+  torch::Tensor forward_cat(const torch::Tensor& first, const torch::Tensor& second);
+
   // Layers in order: 0 conv, 1 GroupNorm, 2 ReLU, 3 conv, 4 GroupNorm, 5 ReLU.
   // With NormBackend::fused, 1 and 4 are GroupNormReLU and 2 and 5 are
   // torch::nn::Identity, which keeps the indices in parameter names.
@@ -40,7 +46,8 @@ class DoubleConvImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DoubleConv);
 
-// MaxPool3d(2) -> DoubleConv: halves each spatial size.
+// MaxPool3d(2) -> DoubleConv: halves each spatial size. The pool is
+// MaxPool3d2x2x2 on the oneDNN backend and torch::nn::MaxPool3d otherwise.
 class DownImpl : public torch::nn::Module {
  public:
   DownImpl(int in_channels, int out_channels, int group_norm_groups, ConvBackend backend = ConvBackend::libtorch,
@@ -100,9 +107,13 @@ class UNetImpl : public torch::nn::Module {
   UNetImpl(int in_channels, int n_classes, int layers, int group_norm_groups, ConvBackend backend,
            NormBackend norm_backend);
 
-  // x: [N, in_channels, D, H, W] float32 -> logits [N, n_classes, D, H, W].
-  // Throws std::invalid_argument unless D, H and W are positive multiples of
-  // 2^layers and the channel count matches.
+  // x: [N, in_channels, D, H, W] float32 -> logits [N, n_classes, D, H, W],
+  // contiguous. Throws std::invalid_argument unless D, H and W are positive
+  // multiples of 2^layers and the channel count matches.
+  //
+  // On the oneDNN backend the activations inside are ChannelsLast3d, the
+  // layout all of its custom operations read and write without reorders; the
+  // input is converted on entry and the logits on exit.
   torch::Tensor forward(const torch::Tensor& x);
 
   int in_channels() const { return in_channels_; }
@@ -115,6 +126,7 @@ class UNetImpl : public torch::nn::Module {
   int in_channels_;
   int n_classes_;
   int layers_;
+  bool channels_last_;
   DoubleConv inc_{nullptr};
   std::vector<Down> downs_;
   std::vector<Up> ups_;

@@ -22,6 +22,7 @@
 #include "train/evaluate.hpp"
 #include "train/final_images.hpp"
 #include "train/loss.hpp"
+#include "train/memory_policy.hpp"
 #include "train/schedule.hpp"
 #include "train/threads.hpp"
 #include "train/training_monitor.hpp"
@@ -259,6 +260,7 @@ TrainingResult train_unet(const Config& config, const DatasetInfo& dataset, cons
   TrainingMonitor monitor(config, dataset, run_dir);
   result.world_size = group.size();
   result.compute_threads = configure_compute_threads(group.local_size());
+  keep_freed_memory_for_reuse();
   if (config.more_determinism) {
     // Deterministic kernels where LibTorch has a choice; warn instead of failing where it has none.
     at::globalContext().setDeterministicAlgorithms(true, true);
