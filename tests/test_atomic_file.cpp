@@ -1,9 +1,14 @@
 // Tests for write_file_atomic and read_file on real files in a fresh temporary
 // directory: round trips, replacement, and failures that must leave nothing behind.
 #include "core/atomic_file.hpp"
+#include "core/fault_injection.hpp"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/statfs.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +19,8 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -80,6 +87,113 @@ TEST_F(AtomicFileTest, DeferredSyncWritesSameBytes) {
 
   EXPECT_EQ(read_file(path), text);
   EXPECT_EQ(entries_in(directory_), std::vector<std::string>{"volume.bin"});
+}
+
+// An aligned buffer of `size` bytes with a byte pattern that repeats only
+// every 251 bytes, so a block written at the wrong offset shows.
+struct AlignedBytes {
+  explicit AlignedBytes(std::size_t size, std::size_t offset = 0)
+      : storage(static_cast<std::byte*>(std::aligned_alloc(kDirectIoAlignment, size + kDirectIoAlignment))),
+        bytes(storage.get() + offset, size) {
+    for (std::size_t i = 0; i < size; ++i) bytes[i] = static_cast<std::byte>(i % 251);
+  }
+  std::string text() const { return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()); }
+
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  std::unique_ptr<std::byte, Free> storage;
+  std::span<std::byte> bytes;
+};
+
+// Pages of `path` that are in the page cache, from mincore over a mapping.
+std::size_t resident_pages(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  const auto size = static_cast<std::size_t>(fs::file_size(path));
+  void* mapping = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (mapping == MAP_FAILED) return 0;
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> residency((size + page - 1) / page);
+  const bool ok = ::mincore(mapping, size, residency.data()) == 0;
+  ::munmap(mapping, size);
+  if (!ok) return 0;
+  return static_cast<std::size_t>(
+      std::count_if(residency.begin(), residency.end(), [](unsigned char r) { return (r & 1) != 0; }));
+}
+
+TEST_F(AtomicFileTest, DirectWritesSameBytes) {
+  // Sizes around the block: below one block (written through the page
+  // cache), exact blocks, and blocks with a tail, where the halves cut at a
+  // block boundary.
+  const std::array<const char*, 0> no_faults{};
+  for (const std::size_t size : {std::size_t{100}, std::size_t{4096}, std::size_t{5000}, std::size_t{3 * 4096 + 128},
+                                 std::size_t{10 * 4096}, std::size_t{1 << 20}}) {
+    const AlignedBytes data(size);
+    const fs::path path = directory_ / ("direct" + std::to_string(size) + ".bin");
+    write_file_atomic(path, data.bytes, no_faults, Sync::kDirect);
+    EXPECT_EQ(read_file(path), data.text()) << size << " bytes";
+  }
+  sync_filesystem(directory_);
+  EXPECT_EQ(entries_in(directory_).size(), 6u);
+}
+
+TEST_F(AtomicFileTest, DirectWriteBypassesPageCache) {
+  // 1 MiB + 128 bytes: 256 whole blocks go to the disk directly and only the
+  // page with the 128-byte tail passes through the page cache. On a file
+  // system without O_DIRECT (tmpfs) every page stays cached.
+  struct statfs file_system {};
+  ASSERT_EQ(::statfs(directory_.c_str(), &file_system), 0);
+  if (file_system.f_type == TMPFS_MAGIC) GTEST_SKIP() << directory_ << " is on tmpfs, which has no O_DIRECT";
+
+  const std::array<const char*, 0> no_faults{};
+  const AlignedBytes data((1 << 20) + 128);
+  const fs::path direct = directory_ / "direct.bin";
+  write_file_atomic(direct, data.bytes, no_faults, Sync::kDirect);
+  EXPECT_LE(resident_pages(direct), 1u);
+
+  // The same bytes from an unaligned address take the page cache, as
+  // kDeferred does, and still arrive intact.
+  const AlignedBytes unaligned((1 << 20) + 128, 1);
+  const fs::path buffered = directory_ / "buffered.bin";
+  write_file_atomic(buffered, unaligned.bytes, no_faults, Sync::kDirect);
+  EXPECT_GT(resident_pages(buffered), 1u);
+  EXPECT_EQ(read_file(direct), data.text());
+  EXPECT_EQ(read_file(buffered), unaligned.text());
+}
+
+TEST_F(AtomicFileTest, DirectWriteOnTmpfsFallsBack) {
+  // tmpfs rejects O_DIRECT at open; the write goes through the page cache.
+  if (!fs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  std::string pattern = "/dev/shm/scaffold-direct-XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+  const fs::path path = fs::path(pattern) / "volume.bin";
+  const std::array<const char*, 0> no_faults{};
+  const AlignedBytes data(3 * 4096 + 128);
+  write_file_atomic(path, data.bytes, no_faults, Sync::kDirect);
+  const std::string contents = read_file(path);
+  fs::remove_all(pattern);
+  EXPECT_EQ(contents, data.text());
+}
+
+TEST_F(AtomicFileTest, DirectWriteFaultLeavesNoFile) {
+  // An errno injected between the halves fails the write and removes the
+  // temporary file, in direct mode as in the others.
+  const fs::path path = directory_ / "volume.npy";
+  ::setenv("SCAFFOLD_FAULT", "atomic_write:1:EIO", 1);
+  reload_fault_plan();
+  const std::array<const char*, 0> no_faults{};
+  const AlignedBytes data(8 * 4096 + 128);
+  try {
+    write_file_atomic(path, data.bytes, no_faults, Sync::kDirect);
+    ADD_FAILURE() << "the injected EIO did not fail the write";
+  } catch (const IoError& error) {
+    EXPECT_EQ(error.errno_value(), EIO);
+  }
+  ::unsetenv("SCAFFOLD_FAULT");
+  reload_fault_plan();
+  EXPECT_TRUE(entries_in(directory_).empty());
 }
 
 TEST_F(AtomicFileTest, SyncFilesystemNamesMissingPath) {

@@ -4,8 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdint>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -67,7 +69,17 @@ void write_file_atomic(const std::filesystem::path& path, std::span<const std::b
                        std::span<const char* const> write_faults, Sync sync) {
   const std::filesystem::path temporary = temporary_path_for(path);
 
-  const int fd = ::open(temporary.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  // Direct writes need an aligned buffer; the file offsets are aligned
+  // because the direct part starts at 0 and is cut at block boundaries.
+  bool direct = sync == Sync::kDirect && bytes.size() >= kDirectIoAlignment &&
+                reinterpret_cast<std::uintptr_t>(bytes.data()) % kDirectIoAlignment == 0;
+  constexpr int kFlags = O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC;
+  int fd = ::open(temporary.c_str(), kFlags | (direct ? O_DIRECT : 0), 0644);
+  if (fd < 0 && direct && errno == EINVAL) {
+    // The file system does not support O_DIRECT (tmpfs, for one).
+    direct = false;
+    fd = ::open(temporary.c_str(), kFlags, 0644);
+  }
   if (fd < 0) throw IoError("open", path, errno);
 
   // From here on every failure removes the temporary file before throwing.
@@ -77,18 +89,53 @@ void write_file_atomic(const std::filesystem::path& path, std::span<const std::b
     throw IoError(what_failed, path, errno_value);
   };
 
+  // Leaves direct mode for the rest of the file. Returns 0 or errno.
+  const auto stop_direct = [&]() -> int {
+    if (!direct) return 0;
+    direct = false;
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) != 0) return errno;
+    return 0;
+  };
+
+  // Writes bytes [begin, end), in direct mode up to the last whole block.
+  const auto write_range = [&](std::size_t begin, std::size_t end) {
+    if (direct) {
+      const std::size_t direct_end = std::max(begin, end / kDirectIoAlignment * kDirectIoAlignment);
+      int write_errno = write_all(fd, bytes.data() + begin, direct_end - begin);
+      if (write_errno == EINVAL && begin == 0) {
+        // Some file systems accept O_DIRECT at open but not the write: start
+        // over through the page cache.
+        write_errno = stop_direct();
+        if (write_errno == 0 && (::lseek(fd, 0, SEEK_SET) != 0 || ::ftruncate(fd, 0) != 0)) write_errno = errno;
+        if (write_errno == 0) write_errno = write_all(fd, bytes.data(), end);
+        if (write_errno != 0) fail("write", write_errno, true);
+        return;
+      }
+      if (write_errno != 0) fail("write", write_errno, true);
+      begin = direct_end;
+      if (begin == end) return;
+      if (const int fcntl_errno = stop_direct(); fcntl_errno != 0) {
+        fail("fcntl (clearing O_DIRECT)", fcntl_errno, true);
+      }
+    }
+    if (const int write_errno = write_all(fd, bytes.data() + begin, end - begin); write_errno != 0) {
+      fail("write", write_errno, true);
+    }
+  };
+
   // The data goes out in two halves with the write fault points between them,
-  // so that a kill there leaves a partly written temporary file, as a crash would.
-  const std::size_t half = bytes.size() / 2;
-  if (const int write_errno = write_all(fd, bytes.data(), half); write_errno != 0) fail("write", write_errno, true);
+  // so that a kill there leaves a partly written temporary file, as a crash
+  // would. A direct write cuts at a block boundary.
+  const std::size_t half =
+      direct ? bytes.size() / 2 / kDirectIoAlignment * kDirectIoAlignment : bytes.size() / 2;
+  write_range(0, half);
   int injected_errno = fault_point("atomic_write");
   for (const char* name : write_faults) {
     if (injected_errno == 0) injected_errno = fault_point(name);
   }
   if (injected_errno != 0) fail("write", injected_errno, true);
-  if (const int write_errno = write_all(fd, bytes.data() + half, bytes.size() - half); write_errno != 0) {
-    fail("write", write_errno, true);
-  }
+  write_range(half, bytes.size());
 
   if (sync == Sync::kNow && ::fsync(fd) != 0) fail("fsync", errno, true);
   if (::close(fd) != 0) fail("close", errno, false);

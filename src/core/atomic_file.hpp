@@ -26,11 +26,26 @@ class IoError : public std::runtime_error {
 // returning. kDeferred leaves the data in the page cache, for files inside a
 // staging directory that the caller publishes only after sync_filesystem, so
 // that many files are flushed in one pass at the disk's sequential bandwidth.
-enum class Sync { kNow, kDeferred };
+// kDirect is kDeferred for large files: the data bypasses the page cache
+// (O_DIRECT) and goes to the disk during the write, and only the metadata
+// waits for sync_filesystem. Writeback through the page cache can run far
+// below the disk's bandwidth (366 MB/s against 1.4 GB/s for 6 GiB on the
+// development VM), so bulk data written once, such as dataset volumes, uses
+// kDirect.
+enum class Sync { kNow, kDeferred, kDirect };
+
+// Address and size alignment that kDirect needs to bypass the page cache:
+// one 4 KiB block, which covers the logical block size of every common disk.
+inline constexpr std::size_t kDirectIoAlignment = 4096;
 
 // Writes `bytes` to `path` through its temporary name, then fsyncs the file and
-// the directory (unless `sync` is kDeferred). On failure the temporary file is removed and IoError is thrown,
+// the directory (only with kNow). On failure the temporary file is removed and IoError is thrown,
 // leaving any previous file at `path` unchanged.
+// With kDirect, the whole blocks of `bytes` are written with O_DIRECT when
+// bytes.data() is aligned to kDirectIoAlignment and the file system accepts
+// O_DIRECT, and the last partial block through the page cache. Otherwise
+// (tmpfs, an unaligned buffer) it writes as kDeferred does: the bytes on disk
+// are the same either way.
 // Fault points (core/fault_injection.hpp): "atomic_write", then each name in
 // `write_faults`, after half of the data is written; "atomic_rename" before the
 // rename. An errno injected there fails that write or rename.

@@ -6,10 +6,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 #include <optional>
 
 namespace scaffold {
@@ -275,16 +279,13 @@ std::int64_t NpyArray::element_count() const {
   return count;
 }
 
-std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& shape, const void* data) {
-  const std::optional<std::uint64_t> data_bytes = byte_count(shape, dtype_size(dtype));
-  if (!data_bytes) throw std::invalid_argument("encode_npy: invalid shape " + shape_string(shape));
-  if (*data_bytes > 0 && data == nullptr) {
-    throw std::invalid_argument("encode_npy: data is null for shape " + shape_string(shape));
-  }
+namespace {
 
-  // numpy's layout: magic, version 1.0, little-endian u16 dictionary length, then
-  // the dictionary padded with spaces and closed by '\n' so that the data starts
-  // at a multiple of 64 bytes.
+// The header of a version 1.0 file holding `data_bytes` bytes of the given
+// dtype and shape: magic, version, little-endian u16 dictionary length, then
+// the dictionary padded with spaces and closed by '\n' so that the data
+// starts at a multiple of 64 bytes, as numpy writes it.
+std::string encode_header(DType dtype, const std::vector<std::int64_t>& shape) {
   std::string dict = std::string("{'descr': '") + dtype_descr(dtype) + "', 'fortran_order': False, 'shape': " +
                      shape_string(shape) + ", }";
   const std::size_t prefix_size = kMagicSize + 2 + 2;
@@ -296,22 +297,56 @@ std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& 
     throw std::invalid_argument("encode_npy: header for shape " + shape_string(shape) + " exceeds 65535 bytes");
   }
 
-  std::vector<std::byte> image(padded + *data_bytes);
-  std::memcpy(image.data(), kMagic, kMagicSize);
-  image[6] = std::byte{1};
-  image[7] = std::byte{0};
-  image[8] = static_cast<std::byte>(dict.size() & 0xff);
-  image[9] = static_cast<std::byte>(dict.size() >> 8);
-  std::memcpy(image.data() + prefix_size, dict.data(), dict.size());
-  if (*data_bytes > 0) std::memcpy(image.data() + padded, data, *data_bytes);
+  std::string header(prefix_size, '\0');
+  std::memcpy(header.data(), kMagic, kMagicSize);
+  header[6] = 1;
+  header[7] = 0;
+  header[8] = static_cast<char>(dict.size() & 0xff);
+  header[9] = static_cast<char>(dict.size() >> 8);
+  return header + dict;
+}
+
+// Checks shape and data and returns the data's size in bytes.
+std::uint64_t checked_data_bytes(DType dtype, const std::vector<std::int64_t>& shape, const void* data) {
+  const std::optional<std::uint64_t> data_bytes = byte_count(shape, dtype_size(dtype));
+  if (!data_bytes) throw std::invalid_argument("encode_npy: invalid shape " + shape_string(shape));
+  if (*data_bytes > 0 && data == nullptr) {
+    throw std::invalid_argument("encode_npy: data is null for shape " + shape_string(shape));
+  }
+  return *data_bytes;
+}
+
+struct FreeDeleter {
+  void operator()(std::byte* bytes) const { std::free(bytes); }
+};
+
+}  // namespace
+
+std::vector<std::byte> encode_npy(DType dtype, const std::vector<std::int64_t>& shape, const void* data) {
+  const std::uint64_t data_bytes = checked_data_bytes(dtype, shape, data);
+  const std::string header = encode_header(dtype, shape);
+  std::vector<std::byte> image(header.size() + data_bytes);
+  std::memcpy(image.data(), header.data(), header.size());
+  if (data_bytes > 0) std::memcpy(image.data() + header.size(), data, data_bytes);
   return image;
 }
 
 void write_npy(const std::filesystem::path& path, DType dtype, const std::vector<std::int64_t>& shape,
                const void* data, const char* write_fault, Sync sync) {
-  const std::vector<std::byte> image = encode_npy(dtype, shape, data);
+  const std::uint64_t data_bytes = checked_data_bytes(dtype, shape, data);
+  const std::string header = encode_header(dtype, shape);
+  const std::size_t size = header.size() + data_bytes;
+
+  // The file image in one buffer, aligned as Sync::kDirect needs it.
+  const std::size_t capacity = (size + kDirectIoAlignment - 1) / kDirectIoAlignment * kDirectIoAlignment;
+  std::unique_ptr<std::byte, FreeDeleter> image(
+      static_cast<std::byte*>(std::aligned_alloc(kDirectIoAlignment, std::max(capacity, kDirectIoAlignment))));
+  if (!image) throw std::bad_alloc();
+  std::memcpy(image.get(), header.data(), header.size());
+  if (data_bytes > 0) std::memcpy(image.get() + header.size(), data, data_bytes);
+
   const std::array<const char*, 2> faults = {"npy_write", write_fault};
-  write_file_atomic(path, std::span<const std::byte>(image),
+  write_file_atomic(path, std::span<const std::byte>(image.get(), size),
                     std::span<const char* const>(faults.data(), write_fault != nullptr ? 2 : 1), sync);
 }
 
