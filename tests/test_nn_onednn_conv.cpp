@@ -142,6 +142,9 @@ TEST_F(OnednnConvTest, Conv3dMatchesLibTorchOnOddShapes) {
       {2, 3, 5, {6, 10, 8}, 3, 1, false},
       {2, 3, 5, {6, 10, 8}, 3, 1, true},
       {2, 7, 6, {6, 10, 8}, 3, 1, false},
+      // Padding above k - 1: the channels-last input gradient cannot run as
+      // a forward convolution and takes oneDNN's backward-data kernel.
+      {2, 5, 4, {3, 4, 5}, 1, 1, true},
       {2, 13, 7, {6, 10, 8}, 3, 1, false},
       {2, 13, 7, {6, 10, 8}, 1, 0, true},
       {1, 13, 7, {5, 3, 7}, 3, 1, true},
