@@ -35,7 +35,8 @@ class IoError : public std::runtime_error {
 enum class Sync { kNow, kDeferred, kDirect };
 
 // Address and size alignment that kDirect needs to bypass the page cache:
-// one 4 KiB block, which covers the logical block size of every common disk.
+// one 4 KiB block, a multiple of the 512-byte and 4 KiB logical block sizes
+// of common disks.
 inline constexpr std::size_t kDirectIoAlignment = 4096;
 
 // Writes `bytes` to `path` through its temporary name, then fsyncs the file and

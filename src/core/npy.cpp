@@ -281,10 +281,10 @@ std::int64_t NpyArray::element_count() const {
 
 namespace {
 
-// The header of a version 1.0 file holding `data_bytes` bytes of the given
-// dtype and shape: magic, version, little-endian u16 dictionary length, then
-// the dictionary padded with spaces and closed by '\n' so that the data
-// starts at a multiple of 64 bytes, as numpy writes it.
+// Returns the version 1.0 header for the given dtype and shape, as numpy
+// writes it: magic, version, little-endian u16 dictionary length, then the
+// dictionary. Spaces and a closing '\n' pad it so that the data starts at a
+// multiple of 64 bytes.
 std::string encode_header(DType dtype, const std::vector<std::int64_t>& shape) {
   std::string dict = std::string("{'descr': '") + dtype_descr(dtype) + "', 'fortran_order': False, 'shape': " +
                      shape_string(shape) + ", }";

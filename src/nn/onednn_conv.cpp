@@ -769,9 +769,10 @@ torch::Tensor onednn_conv3d_cat(const torch::Tensor& first, const torch::Tensor&
                                 std::int64_t padding) {
   check_conv3d_arguments("onednn_conv3d_cat", first, &second, weight, bias, padding);
 
-  // The split needs the output in the caller's layout, so that the second
-  // convolution can add to it; that is the channels-last layout. Otherwise
-  // concatenating is as cheap as anything else.
+  // The second convolution adds to the output in place, which needs the
+  // output in the caller's layout, so the split runs on channels-last inputs
+  // only. Plain inputs take the blocked path, which reorders around every
+  // call anyway, so concatenating them first adds one copy.
   if (!prefers_channels_last(first) || !prefers_channels_last(second)) {
     return onednn_conv3d(torch::cat({first, second}, 1), weight, bias, padding);
   }
