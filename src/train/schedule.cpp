@@ -1,5 +1,7 @@
 #include "train/schedule.hpp"
 
+#include "train/fused_adam.hpp"
+
 #include <cmath>
 #include <numbers>
 #include <stdexcept>
@@ -76,7 +78,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
                                                         double lr) {
   if (name == "ADAM") {
     auto options = torch::optim::AdamOptions(lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.0).amsgrad(false);
-    return std::make_unique<torch::optim::Adam>(std::move(params), options);
+    return std::make_unique<FusedAdam>(std::move(params), options);
   }
   if (name == "RMSProp") {
     auto options =

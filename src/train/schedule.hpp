@@ -47,7 +47,9 @@ class LrScheduler {
 };
 
 // Creates the optimizer named by the config key `optimizer`:
-//   "ADAM":    Adam, betas (0.9, 0.999), eps 1e-8, no weight decay
+//   "ADAM":    Adam, betas (0.9, 0.999), eps 1e-8, no weight decay, as
+//              FusedAdam (train/fused_adam.hpp), which keeps LibTorch's
+//              Adam state format
 //   "RMSProp": RMSprop, alpha 0.99, eps 1e-8, momentum 0, no weight decay
 //   "SGD":     plain SGD, no momentum
 // Throws std::invalid_argument for any other name.
