@@ -3,7 +3,8 @@
 // padding 1 convolution at batch 1.
 //
 // For each volume size it prints GFLOP/s of forward, backward-data,
-// backward-weights and the whole forward + backward. It also times the bare
+// backward-weights and the whole forward + backward, for plain inputs, and
+// the three passes again for channels-last inputs. It also times the bare
 // oneDNN primitives with activations in three layouts and no reorders, and
 // the weight reorder, which shows whether caching blocked weights would pay.
 // A register-only FMA loop gives an estimate of the machine's float32 peak.
@@ -141,6 +142,35 @@ void print_row(const char* pass, double flops, double libtorch_s, double onednn_
               flops / libtorch_s / 1e9, flops / onednn_s / 1e9, libtorch_s / onednn_s);
 }
 
+// Times of scaffold::onednn_conv3d through autograd, for activations in one
+// layout.
+struct OurTimes {
+  double forward_s;
+  double backward_data_s;
+  double backward_weights_s;
+};
+
+OurTimes time_ours(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& grad_output,
+                   std::int64_t padding, int repetitions) {
+  OurTimes times{};
+  times.forward_s = best_seconds(repetitions, [&] {
+    torch::NoGradGuard no_grad;
+    scaffold::onednn_conv3d(input, weight, c10::nullopt, padding);
+  });
+  // Asking for one gradient runs only the matching backward primitive.
+  const torch::Tensor input_leaf = input.clone().requires_grad_(true);
+  const torch::Tensor weight_leaf = weight.clone().requires_grad_(true);
+  const torch::Tensor data_output = scaffold::onednn_conv3d(input_leaf, weight, c10::nullopt, padding);
+  times.backward_data_s = best_seconds(repetitions, [&] {
+    torch::autograd::grad({data_output}, {input_leaf}, {grad_output}, /*retain_graph=*/true);
+  });
+  const torch::Tensor weights_output = scaffold::onednn_conv3d(input, weight_leaf, c10::nullopt, padding);
+  times.backward_weights_s = best_seconds(repetitions, [&] {
+    torch::autograd::grad({weights_output}, {weight_leaf}, {grad_output}, /*retain_graph=*/true);
+  });
+  return times;
+}
+
 void bench_size(std::int64_t size, int repetitions) {
   constexpr std::int64_t kChannels = 64;
   constexpr std::int64_t kPadding = 1;
@@ -167,22 +197,17 @@ void bench_size(std::int64_t size, int repetitions) {
   const double libtorch_backward_weights_s =
       best_seconds(repetitions, [&] { libtorch_backward({false, true, false}); });
 
-  // oneDNN through the autograd function: asking for one gradient runs only
-  // the matching backward primitive.
-  const double onednn_forward_s = best_seconds(repetitions, [&] {
-    torch::NoGradGuard no_grad;
-    scaffold::onednn_conv3d(input, weight, c10::nullopt, kPadding);
-  });
+  // Our function on plain contiguous activations (blocked primitives with
+  // reorders) and on channels-last ones, the U-Net's layout.
+  const OurTimes plain = time_ours(input, weight, grad_output, kPadding, repetitions);
+  const auto channels_last = torch::MemoryFormat::ChannelsLast3d;
+  const OurTimes ours_channels_last = time_ours(input.contiguous(channels_last), weight,
+                                                grad_output.contiguous(channels_last), kPadding, repetitions);
+  const double onednn_forward_s = plain.forward_s;
+  const double onednn_backward_data_s = plain.backward_data_s;
+  const double onednn_backward_weights_s = plain.backward_weights_s;
   const torch::Tensor input_leaf = input.clone().requires_grad_(true);
   const torch::Tensor weight_leaf = weight.clone().requires_grad_(true);
-  const torch::Tensor data_output = scaffold::onednn_conv3d(input_leaf, weight, c10::nullopt, kPadding);
-  const double onednn_backward_data_s = best_seconds(repetitions, [&] {
-    torch::autograd::grad({data_output}, {input_leaf}, {grad_output}, /*retain_graph=*/true);
-  });
-  const torch::Tensor weights_output = scaffold::onednn_conv3d(input, weight_leaf, c10::nullopt, kPadding);
-  const double onednn_backward_weights_s = best_seconds(repetitions, [&] {
-    torch::autograd::grad({weights_output}, {weight_leaf}, {grad_output}, /*retain_graph=*/true);
-  });
 
   // Whole step of one layer: forward, then gradients of input and weight.
   const auto whole_step = [&](bool use_onednn) {
@@ -202,6 +227,14 @@ void bench_size(std::int64_t size, int repetitions) {
   print_row("backward data", flops, libtorch_backward_data_s, onednn_backward_data_s);
   print_row("backward weights", flops, libtorch_backward_weights_s, onednn_backward_weights_s);
   print_row("forward + backward", 3.0 * flops, libtorch_step_s, onednn_step_s);
+  std::printf("  onednn_conv3d on ChannelsLast3d activations (the U-Net's layout; input gradient as a forward "
+              "convolution):\n");
+  std::printf("    forward          %8.2f ms %8.1f GF/s\n", ours_channels_last.forward_s * 1e3,
+              flops / ours_channels_last.forward_s / 1e9);
+  std::printf("    backward data    %8.2f ms %8.1f GF/s\n", ours_channels_last.backward_data_s * 1e3,
+              flops / ours_channels_last.backward_data_s / 1e9);
+  std::printf("    backward weights %8.2f ms %8.1f GF/s\n", ours_channels_last.backward_weights_s * 1e3,
+              flops / ours_channels_last.backward_weights_s / 1e9);
 
   const std::pair<dnnl::memory::format_tag, const char*> layouts[] = {
       {dnnl::memory::format_tag::any, "oneDNN's choice (blocked)"},
