@@ -106,6 +106,11 @@ struct AlignedBytes {
   std::span<std::byte> bytes;
 };
 
+bool on_tmpfs(const fs::path& directory) {
+  struct statfs file_system {};
+  return ::statfs(directory.c_str(), &file_system) == 0 && file_system.f_type == TMPFS_MAGIC;
+}
+
 // Pages of `path` that are in the page cache, from mincore over a mapping.
 std::size_t resident_pages(const fs::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -141,11 +146,9 @@ TEST_F(AtomicFileTest, DirectWritesSameBytes) {
 
 TEST_F(AtomicFileTest, DirectWriteBypassesPageCache) {
   // 1 MiB + 128 bytes: 256 whole blocks go to the disk directly and only the
-  // page with the 128-byte tail passes through the page cache. On a file
-  // system without O_DIRECT (tmpfs) every page stays cached.
-  struct statfs file_system {};
-  ASSERT_EQ(::statfs(directory_.c_str(), &file_system), 0);
-  if (file_system.f_type == TMPFS_MAGIC) GTEST_SKIP() << directory_ << " is on tmpfs, which has no O_DIRECT";
+  // page with the 128-byte tail passes through the page cache. tmpfs keeps
+  // every page in memory, with or without O_DIRECT.
+  if (on_tmpfs(directory_)) GTEST_SKIP() << directory_ << " is on tmpfs, which has no disk to bypass to";
 
   const std::array<const char*, 0> no_faults{};
   const AlignedBytes data((1 << 20) + 128);
@@ -163,8 +166,9 @@ TEST_F(AtomicFileTest, DirectWriteBypassesPageCache) {
   EXPECT_EQ(read_file(buffered), unaligned.text());
 }
 
-TEST_F(AtomicFileTest, DirectWriteOnTmpfsFallsBack) {
-  // tmpfs rejects O_DIRECT at open; the write goes through the page cache.
+TEST_F(AtomicFileTest, DirectWriteOnTmpfsKeepsBytes) {
+  // tmpfs rejects O_DIRECT at open before Linux 6.6 and accepts it since;
+  // either way the file holds the same bytes.
   if (!fs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
   std::string pattern = "/dev/shm/scaffold-direct-XXXXXX";
   ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
@@ -175,6 +179,45 @@ TEST_F(AtomicFileTest, DirectWriteOnTmpfsFallsBack) {
   const std::string contents = read_file(path);
   fs::remove_all(pattern);
   EXPECT_EQ(contents, data.text());
+}
+
+// Writes with SCAFFOLD_FAULT set to `plan` and returns the IoError's errno,
+// or 0 when the write succeeds.
+int direct_write_with_fault(const fs::path& path, const char* plan, std::span<const std::byte> bytes) {
+  ::setenv("SCAFFOLD_FAULT", plan, 1);
+  reload_fault_plan();
+  const std::array<const char*, 0> no_faults{};
+  int errno_value = 0;
+  try {
+    write_file_atomic(path, bytes, no_faults, Sync::kDirect);
+  } catch (const IoError& error) {
+    errno_value = error.errno_value();
+  }
+  ::unsetenv("SCAFFOLD_FAULT");
+  reload_fault_plan();
+  return errno_value;
+}
+
+TEST_F(AtomicFileTest, DirectWriteFallsBackOnEinval) {
+  // EINVAL from the O_DIRECT open or from the first O_DIRECT write, as file
+  // systems without O_DIRECT return it, makes the write go through the page
+  // cache with the same bytes.
+  const AlignedBytes data(5 * 4096 + 300);
+  for (const char* plan : {"direct_open:1:EINVAL", "direct_write:1:EINVAL"}) {
+    const fs::path path = directory_ / (std::string(plan).substr(0, 12) + ".bin");
+    EXPECT_EQ(direct_write_with_fault(path, plan, data.bytes), 0) << plan;
+    EXPECT_EQ(read_file(path), data.text()) << plan;
+    if (!on_tmpfs(directory_)) EXPECT_GT(resident_pages(path), 1u) << plan << ": the data skipped the page cache";
+  }
+}
+
+TEST_F(AtomicFileTest, DirectWriteFailsOnOtherErrors) {
+  // Any other errno from the O_DIRECT open or write fails the write and
+  // leaves no file.
+  const AlignedBytes data(5 * 4096 + 300);
+  EXPECT_EQ(direct_write_with_fault(directory_ / "a.bin", "direct_open:1:EACCES", data.bytes), EACCES);
+  EXPECT_EQ(direct_write_with_fault(directory_ / "b.bin", "direct_write:1:ENOSPC", data.bytes), ENOSPC);
+  EXPECT_TRUE(entries_in(directory_).empty());
 }
 
 TEST_F(AtomicFileTest, DirectWriteFaultLeavesNoFile) {

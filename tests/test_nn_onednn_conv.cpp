@@ -295,6 +295,19 @@ TEST_F(OnednnConvTest, GradientsOnlyWhereRequested) {
   EXPECT_LT(relative_error(weight.grad(), weight64.grad()), kRelativeTolerance);
 }
 
+TEST_F(OnednnConvTest, OneChannelInputTurnsChannelsLast) {
+  // A plain one-channel input is also contiguous in ChannelsLast3d, so it
+  // takes the channels-last path and the output (7 channels) is
+  // ChannelsLast3d: a U-Net on one-channel volumes stays channels-last.
+  Operands operands = make_operands({2, 1, 5, 4, 3}, {7, 1, 3, 3, 3}, 7, true);
+  ASSERT_TRUE(operands.input.is_contiguous());
+  const torch::Tensor output = onednn_conv3d(operands.input, operands.weight, operands.bias, 1);
+  EXPECT_TRUE(output.is_contiguous(torch::MemoryFormat::ChannelsLast3d));
+  EXPECT_FALSE(output.is_contiguous());
+  const torch::Tensor reference = torch::conv3d(operands.input64, operands.weight64, operands.bias64, 1, 1);
+  expect_matches_reference(operands, output, reference, "one channel");
+}
+
 TEST_F(OnednnConvTest, NonContiguousInputMatchesContiguous) {
   // An input in neither layout (a transposed view) and a permuted weight
   // carry the same values in other strides, which the function copies to

@@ -297,14 +297,18 @@ TEST_F(UNetTest, BackwardReachesEveryParameter) {
 
 }  // namespace
 
-TEST(UNetBackends, OnednnMatchesLibtorch) {
+namespace {
+
+// Builds both backends from one seed and compares outputs and every parameter
+// gradient on a non-cubic batch of 2.
+void expect_backends_match(int in_channels) {
   torch::set_num_threads(2);
 
   // Same seed, so both networks start from equal parameters.
   torch::manual_seed(11);
-  scaffold::UNet libtorch_net(3, 4, 2, 8, scaffold::ConvBackend::libtorch);
+  scaffold::UNet libtorch_net(in_channels, 4, 2, 8, scaffold::ConvBackend::libtorch);
   torch::manual_seed(11);
-  scaffold::UNet onednn_net(3, 4, 2, 8, scaffold::ConvBackend::onednn);
+  scaffold::UNet onednn_net(in_channels, 4, 2, 8, scaffold::ConvBackend::onednn);
   const auto libtorch_params = libtorch_net->named_parameters();
   const auto onednn_params = onednn_net->named_parameters();
   ASSERT_EQ(libtorch_params.size(), onednn_params.size());
@@ -315,7 +319,7 @@ TEST(UNetBackends, OnednnMatchesLibtorch) {
 
   // Forward and backward on a non-cubic batch of 2; fp32 tolerance relative
   // to each tensor's largest magnitude.
-  const torch::Tensor x = torch::rand({2, 3, 8, 16, 12});
+  const torch::Tensor x = torch::rand({2, in_channels, 8, 16, 12});
   const torch::Tensor y_libtorch = libtorch_net->forward(x);
   const torch::Tensor y_onednn = onednn_net->forward(x);
   // The oneDNN network runs channels-last inside but returns plain logits.
@@ -333,3 +337,11 @@ TEST(UNetBackends, OnednnMatchesLibtorch) {
     EXPECT_LT((expected - actual).abs().max().item<double>(), 1e-3 * scale) << item.key();
   }
 }
+
+}  // namespace
+
+TEST(UNetBackends, OnednnMatchesLibtorch) { expect_backends_match(3); }
+
+// One input channel makes the input contiguous in both layouts; the oneDNN
+// network must still turn channels-last and give the same results.
+TEST(UNetBackends, OnednnMatchesLibtorchOneChannel) { expect_backends_match(1); }

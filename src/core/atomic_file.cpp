@@ -74,13 +74,20 @@ void write_file_atomic(const std::filesystem::path& path, std::span<const std::b
   bool direct = sync == Sync::kDirect && bytes.size() >= kDirectIoAlignment &&
                 reinterpret_cast<std::uintptr_t>(bytes.data()) % kDirectIoAlignment == 0;
   constexpr int kFlags = O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC;
-  int fd = ::open(temporary.c_str(), kFlags | (direct ? O_DIRECT : 0), 0644);
-  if (fd < 0 && direct && errno == EINVAL) {
-    // The file system does not support O_DIRECT (tmpfs, for one).
+  int fd = -1;
+  int open_errno = direct ? fault_point("direct_open") : 0;
+  if (open_errno == 0) {
+    fd = ::open(temporary.c_str(), kFlags | (direct ? O_DIRECT : 0), 0644);
+    if (fd < 0) open_errno = errno;
+  }
+  if (fd < 0 && direct && open_errno == EINVAL) {
+    // The file system does not support O_DIRECT (tmpfs before Linux 6.6,
+    // for one).
     direct = false;
     fd = ::open(temporary.c_str(), kFlags, 0644);
+    if (fd < 0) open_errno = errno;
   }
-  if (fd < 0) throw IoError("open", path, errno);
+  if (fd < 0) throw IoError("open", path, open_errno);
 
   // From here on every failure removes the temporary file before throwing.
   auto fail = [&](const char* what_failed, int errno_value, bool close_fd) {
@@ -102,18 +109,21 @@ void write_file_atomic(const std::filesystem::path& path, std::span<const std::b
   const auto write_range = [&](std::size_t begin, std::size_t end) {
     if (direct) {
       const std::size_t direct_end = std::max(begin, end / kDirectIoAlignment * kDirectIoAlignment);
-      int write_errno = write_all(fd, bytes.data() + begin, direct_end - begin);
-      if (write_errno == EINVAL && begin == 0) {
-        // Some file systems accept O_DIRECT at open but not the write: start
-        // over through the page cache.
-        write_errno = stop_direct();
-        if (write_errno == 0 && (::lseek(fd, 0, SEEK_SET) != 0 || ::ftruncate(fd, 0) != 0)) write_errno = errno;
-        if (write_errno == 0) write_errno = write_all(fd, bytes.data(), end);
+      if (direct_end > begin) {
+        int write_errno = begin == 0 ? fault_point("direct_write") : 0;
+        if (write_errno == 0) write_errno = write_all(fd, bytes.data() + begin, direct_end - begin);
+        if (write_errno == EINVAL && begin == 0) {
+          // Some file systems accept O_DIRECT at open but not the write:
+          // start over through the page cache.
+          write_errno = stop_direct();
+          if (write_errno == 0 && (::lseek(fd, 0, SEEK_SET) != 0 || ::ftruncate(fd, 0) != 0)) write_errno = errno;
+          if (write_errno == 0) write_errno = write_all(fd, bytes.data(), end);
+          if (write_errno != 0) fail("write", write_errno, true);
+          return;
+        }
         if (write_errno != 0) fail("write", write_errno, true);
-        return;
+        begin = direct_end;
       }
-      if (write_errno != 0) fail("write", write_errno, true);
-      begin = direct_end;
       if (begin == end) return;
       if (const int fcntl_errno = stop_direct(); fcntl_errno != 0) {
         fail("fcntl (clearing O_DIRECT)", fcntl_errno, true);

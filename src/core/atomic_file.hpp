@@ -44,12 +44,16 @@ inline constexpr std::size_t kDirectIoAlignment = 4096;
 // leaving any previous file at `path` unchanged.
 // With kDirect, the whole blocks of `bytes` are written with O_DIRECT when
 // bytes.data() is aligned to kDirectIoAlignment and the file system accepts
-// O_DIRECT, and the last partial block through the page cache. Otherwise
-// (tmpfs, an unaligned buffer) it writes as kDeferred does: the bytes on disk
-// are the same either way.
+// O_DIRECT, and the last partial block through the page cache. Otherwise (an
+// unaligned buffer, or EINVAL from open or the first write, as older tmpfs
+// and some network file systems return) it writes as kDeferred does: the
+// bytes on disk are the same either way.
 // Fault points (core/fault_injection.hpp): "atomic_write", then each name in
-// `write_faults`, after half of the data is written; "atomic_rename" before the
-// rename. An errno injected there fails that write or rename.
+// `write_faults`, after half of the data is written (with kDirect, half
+// rounded down to a whole block); "atomic_rename" before the rename. An errno
+// injected there fails that write or rename. With kDirect, "direct_open" and
+// "direct_write" stand for the O_DIRECT open and first write: EINVAL there
+// takes the fallback, another errno fails the write.
 // NOTE: two threads of one process must not write the same path at once,
 // because they would share the temporary name.
 void write_file_atomic(const std::filesystem::path& path, std::span<const std::byte> bytes,

@@ -25,6 +25,7 @@ constexpr std::pair<std::string_view, int> kErrnoNames[] = {
     {"ENOSPC", ENOSPC}, {"EIO", EIO},       {"EACCES", EACCES}, {"EPERM", EPERM},   {"EROFS", EROFS},
     {"EFBIG", EFBIG},   {"EDQUOT", EDQUOT}, {"ENOMEM", ENOMEM}, {"EMFILE", EMFILE}, {"ENFILE", ENFILE},
     {"EEXIST", EEXIST}, {"ENOENT", ENOENT}, {"EXDEV", EXDEV},   {"EBUSY", EBUSY},   {"ENOLCK", ENOLCK},
+    {"EINVAL", EINVAL},
 };
 
 enum PlanState : int { kUnread, kInactive, kActive };

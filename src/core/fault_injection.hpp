@@ -9,6 +9,9 @@
 //
 // Fault points in data generation:
 //   atomic_write    write_file_atomic, after half of the data is in the temporary file
+//                   (with Sync::kDirect, half rounded down to a multiple of 4 KiB)
+//   direct_open     write_file_atomic with Sync::kDirect, in place of the O_DIRECT open
+//   direct_write    write_file_atomic with Sync::kDirect, in place of the first O_DIRECT write
 //   atomic_rename   write_file_atomic, after fsync and close, before the rename
 //   npy_write       every write_npy, at the atomic_write position
 //   class_write     each class CSV of the class search, at the atomic_write position

@@ -55,8 +55,9 @@ namespace {
 // (O_DIRECT) instead of through the page cache: 16 MiB, so scale 7 (24 MiB
 // volumes) and above. Measured with bench_datagen on the development VM,
 // against 1.4-1.5 GB/s for dd with O_DIRECT:
-//   - scale 7 (6.7 GB for 240 volumes, more than the kernel lets stay dirty):
-//     buffered writes reached 622 MB/s, direct ones 1027 MB/s;
+//   - scale 7 (7.0 GB for 240 volumes and masks, more than the kernel lets
+//     stay dirty): buffered writes reached 622 MB/s, direct ones 1006 and
+//     1027 MB/s in two runs;
 //   - scale 6 (3 MiB volumes, 0.8 GB in all): buffered writes and one syncfs
 //     reached 1546 MB/s, direct ones 1043 MB/s;
 //   - scale 5: direct writes of 0.4 MiB files wait on the disk for each file.

@@ -500,10 +500,14 @@ ConvShape shape_of(ConvKind kind, const torch::Tensor& input, const torch::Tenso
                                        : transposed_shape(input, weight, with_bias, channels_last);
 }
 
-// The activation layout a call runs in: channels-last when LibTorch would
-// suggest ChannelsLast3d for the input (its strides say so), else plain.
+// The activation layout a call runs in: channels-last when the input is
+// contiguous in ChannelsLast3d, including inputs whose one channel or one
+// voxel makes both layouts the same memory, or when its strides make LibTorch
+// suggest ChannelsLast3d; plain otherwise. A U-Net on one-channel volumes
+// thus turns channels-last at its first convolution.
 bool prefers_channels_last(const torch::Tensor& input) {
-  return input.suggest_memory_format() == torch::MemoryFormat::ChannelsLast3d;
+  return input.is_contiguous(torch::MemoryFormat::ChannelsLast3d) ||
+         input.suggest_memory_format() == torch::MemoryFormat::ChannelsLast3d;
 }
 
 torch::MemoryFormat memory_format(bool channels_last) {

@@ -12,7 +12,8 @@
 //   - ChannelsLast3d input (strides N, D, H, W, C): the primitives run on
 //     oneDNN's ndhwc kernels and read and write the tensors in place, and the
 //     output and the input gradient are ChannelsLast3d. This is the fast path,
-//     which the U-Net uses.
+//     which the U-Net uses. An input with one channel or one voxel is
+//     contiguous in both layouts and takes this path too.
 //   - Any other input is made contiguous; the primitives pick their preferred
 //     blocked layout, and each call reorders its activations into it and back.
 //
@@ -76,7 +77,10 @@ torch::Tensor onednn_conv3d_cat(const torch::Tensor& first, const torch::Tensor&
                                 std::int64_t padding);
 
 // Returns the number of shapes whose oneDNN primitives are cached. Each
-// distinct (operation, input shape, weight shape, padding, bias) adds one entry.
+// distinct (operation, input shape, weight shape, padding, bias, activation
+// layout) adds one entry. A channels-last onednn_conv3d_cat uses three: the
+// first input's convolution, and the second input's once adding to the
+// output (forward) and once not (backward).
 std::size_t onednn_conv_cache_size();
 
 // Conv3d module on oneDNN with the parameters of torch::nn::Conv3d (stride 1,
