@@ -12,10 +12,9 @@ namespace scaffold {
 // took 12-13 ms of a 50 ms training step at scale 4 on a 2-core machine.
 //
 // The arithmetic follows LibTorch's Adam operation by operation, in float32
-// with the same scalars, and the state (step, exp_avg, exp_avg_sq) lives in
-// the same AdamParamState entries, so save() and load() read and write
-// torch::optim::Adam's format and a checkpoint of either optimizer loads into
-// the other. Results can differ from LibTorch's in the last bit, because
+// with the same scalars. The state (step, exp_avg, exp_avg_sq) lives in the
+// same AdamParamState entries, so save() and load() use torch::optim::Adam's
+// format, and a checkpoint of either optimizer loads into the other. Results can differ from LibTorch's in the last bit, because
 // LibTorch's vector loops fuse some multiply-adds and this one does not.
 //
 // Parameters that are not contiguous float32 CPU tensors with gradients of
