@@ -43,6 +43,7 @@
 
 #include <torch/torch.h>
 
+#include "min_time_reporter.hpp"
 #include "nn/groupnorm_relu.hpp"
 
 namespace {
@@ -132,23 +133,9 @@ constexpr const char* kChannelsLastPrefix = "fused_channels_last";
 
 // Console output plus, at the end, LibTorch time / fused time per shape and
 // pass, and fused contiguous time / fused channels-last time, from the
-// minimum over repetitions, because on a shared machine other processes only
-// ever add time.
-class RatioReporter : public benchmark::ConsoleReporter {
+// minimum over repetitions.
+class RatioReporter : public scaffold_bench::MinTimeReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.run_type != Run::RT_Iteration) {
-        continue;
-      }
-      const auto [entry, inserted] = real_times_.emplace(run.benchmark_name(), run.GetAdjustedRealTime());
-      if (!inserted) {
-        entry->second = std::min(entry->second, run.GetAdjustedRealTime());
-      }
-    }
-  }
-
   void Finalize() override {
     ConsoleReporter::Finalize();
     std::printf("\nLibTorch time / fused time (greater than 1: fused is faster)\n");
@@ -176,8 +163,6 @@ class RatioReporter : public benchmark::ConsoleReporter {
     }
   }
 
- private:
-  std::map<std::string, double> real_times_;
 };
 
 }  // namespace

@@ -38,6 +38,7 @@
 
 #include <torch/torch.h>
 
+#include "min_time_reporter.hpp"
 #include "nn/max_pool.hpp"
 
 namespace {
@@ -126,23 +127,9 @@ std::string benchmark_name(Implementation implementation, Pass pass, std::int64_
 }
 
 // Console output plus, at the end, LibTorch time / our time per shape and
-// pass, from the minimum over repetitions, because on a shared machine other
-// processes only ever add time.
-class RatioReporter : public benchmark::ConsoleReporter {
+// pass, from the minimum over repetitions.
+class RatioReporter : public scaffold_bench::MinTimeReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.run_type != Run::RT_Iteration) {
-        continue;
-      }
-      const auto [entry, inserted] = real_times_.emplace(run.benchmark_name(), run.GetAdjustedRealTime());
-      if (!inserted) {
-        entry->second = std::min(entry->second, run.GetAdjustedRealTime());
-      }
-    }
-  }
-
   void Finalize() override {
     ConsoleReporter::Finalize();
     std::printf("\nLibTorch time / our time (greater than 1: ours is faster)\n");
@@ -165,8 +152,6 @@ class RatioReporter : public benchmark::ConsoleReporter {
     }
   }
 
- private:
-  std::map<std::string, double> real_times_;
 };
 
 }  // namespace
