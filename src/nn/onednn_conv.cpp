@@ -739,6 +739,43 @@ torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& wei
                                    padding, channels_last);
 }
 
+namespace {
+
+// The 2x2x2 stride-2 transposed convolution of a channels-last input as a
+// 1x1x1 convolution to 8 x Cout channels, (a, b, c, co) in memory order,
+// followed by the depth-to-space copy that puts channel group (a, b, c) of
+// voxel (d, h, w) at voxel (2d + a, 2h + b, 2w + c). LibTorch's autograd
+// differentiates the weight permutation and the copy. oneDNN 2.6's
+// deconvolution kernels reached 50-70 GFLOP/s here, and this form made a
+// scale-6 step 5% faster (1-2% at scale 5).
+torch::Tensor transposed_as_pointwise(const torch::Tensor& input, const torch::Tensor& weight,
+                                      const c10::optional<torch::Tensor>& bias) {
+  const std::int64_t batch = input.size(0);
+  const std::int64_t in_channels = input.size(1);
+  const std::int64_t out_channels = weight.size(1);
+  const std::int64_t depth = input.size(2);
+  const std::int64_t height = input.size(3);
+  const std::int64_t width = input.size(4);
+
+  // weight [Cin, Cout, a, b, c] -> [(a, b, c, Cout), Cin, 1, 1, 1]
+  const torch::Tensor pointwise_weight =
+      weight.permute({2, 3, 4, 1, 0}).reshape({8 * out_channels, in_channels, 1, 1, 1});
+  c10::optional<torch::Tensor> pointwise_bias;
+  if (has_bias(bias)) {
+    pointwise_bias = bias->repeat({8});
+  }
+  // [N, 8 Cout, D, H, W] channels-last: memory [N, D, H, W, a, b, c, Cout]
+  const torch::Tensor pointwise = onednn_conv3d(input, pointwise_weight, pointwise_bias, 0);
+  const torch::Tensor blocks = pointwise.permute({0, 2, 3, 4, 1}).view(
+      {batch, depth, height, width, 2, 2, 2, out_channels});
+  // -> [N, D, a, H, b, W, c, Cout] = [N, 2D, 2H, 2W, Cout], then NCDHW sizes
+  return blocks.permute({0, 1, 4, 2, 5, 3, 6, 7})
+      .reshape({batch, 2 * depth, 2 * height, 2 * width, out_channels})
+      .permute({0, 4, 1, 2, 3});
+}
+
+}  // namespace
+
 torch::Tensor onednn_conv_transpose3d(const torch::Tensor& input, const torch::Tensor& weight,
                                       const c10::optional<torch::Tensor>& bias) {
   constexpr const char* kFunction = "onednn_conv_transpose3d";
@@ -763,6 +800,9 @@ torch::Tensor onednn_conv_transpose3d(const torch::Tensor& input, const torch::T
   }
 
   const bool channels_last = prefers_channels_last(input);
+  if (channels_last) {
+    return transposed_as_pointwise(input.contiguous(torch::MemoryFormat::ChannelsLast3d), weight, bias);
+  }
   return OnednnConvFunction::apply(input.contiguous(memory_format(channels_last)), weight.contiguous(),
                                    contiguous_bias(bias), static_cast<std::int64_t>(ConvKind::transposed),
                                    std::int64_t{0}, channels_last);
