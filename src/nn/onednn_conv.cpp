@@ -500,11 +500,11 @@ ConvShape shape_of(ConvKind kind, const torch::Tensor& input, const torch::Tenso
                                        : transposed_shape(input, weight, with_bias, channels_last);
 }
 
-// The activation layout a call runs in: channels-last when the input is
-// contiguous in ChannelsLast3d, including inputs whose one channel or one
-// voxel makes both layouts the same memory, or when its strides make LibTorch
-// suggest ChannelsLast3d; plain otherwise. A U-Net on one-channel volumes
-// thus turns channels-last at its first convolution.
+// The activation layout a call runs in. It is channels-last when the input is
+// contiguous in ChannelsLast3d (which includes inputs whose one channel or
+// one voxel makes both layouts the same memory) or when its strides make
+// LibTorch suggest ChannelsLast3d, and plain otherwise. A U-Net on
+// one-channel volumes thus turns channels-last at its first convolution.
 bool prefers_channels_last(const torch::Tensor& input) {
   return input.is_contiguous(torch::MemoryFormat::ChannelsLast3d) ||
          input.suggest_memory_format() == torch::MemoryFormat::ChannelsLast3d;
@@ -742,9 +742,9 @@ torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& wei
 namespace {
 
 // The 2x2x2 stride-2 transposed convolution of a channels-last input as a
-// 1x1x1 convolution to 8 x Cout channels, (a, b, c, co) in memory order,
-// followed by the depth-to-space copy that puts channel group (a, b, c) of
-// voxel (d, h, w) at voxel (2d + a, 2h + b, 2w + c). LibTorch's autograd
+// 1x1x1 convolution to 8 x Cout channels, (a, b, c, co) in memory order.
+// A depth-to-space copy then puts channel group (a, b, c) of voxel
+// (d, h, w) at voxel (2d + a, 2h + b, 2w + c). LibTorch's autograd
 // differentiates the weight permutation and the copy. oneDNN 2.6's
 // deconvolution kernels reached 50-70 GFLOP/s here, and this form made a
 // scale-6 step 5% faster (1-2% at scale 5).

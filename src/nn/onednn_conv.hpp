@@ -50,8 +50,8 @@ torch::Tensor onednn_conv3d(const torch::Tensor& input, const torch::Tensor& wei
 // Computes the 3D transposed convolution with kernel 2 and stride 2, like
 // torch::conv_transpose3d(input, weight, bias, 2). A channels-last input runs
 // as a 1x1x1 convolution to 8 x Cout channels and a depth-to-space copy,
-// which is faster than oneDNN's deconvolution kernels; a plain one runs
-// oneDNN's deconvolution.
+// because that is faster than oneDNN's deconvolution kernels. A plain input
+// runs oneDNN's deconvolution.
 //
 // input:  [N, Cin, D, H, W] float32 on CPU
 // weight: [Cin, Cout, 2, 2, 2] (LibTorch's ConvTranspose3d layout)
