@@ -168,7 +168,7 @@ TEST_F(AtomicFileTest, DirectWriteBypassesPageCache) {
 
 TEST_F(AtomicFileTest, DirectWriteOnTmpfsKeepsBytes) {
   // tmpfs rejects O_DIRECT at open before Linux 6.6 and accepts it since;
-  // either way the file holds the same bytes.
+  // either way the file contains the same bytes.
   if (!fs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
   std::string pattern = "/dev/shm/scaffold-direct-XXXXXX";
   ASSERT_NE(::mkdtemp(pattern.data()), nullptr);

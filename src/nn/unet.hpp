@@ -111,9 +111,9 @@ class UNetImpl : public torch::nn::Module {
   // contiguous. Throws std::invalid_argument unless D, H and W are positive
   // multiples of 2^layers and the channel count matches.
   //
-  // On the oneDNN backend the activations inside are ChannelsLast3d, the
-  // layout all of its custom operations read and write without reorders; the
-  // input is converted on entry and the logits on exit.
+  // On the oneDNN backend the activations inside are ChannelsLast3d, because
+  // all of its custom operations read and write that layout without
+  // reorders. The input is converted on entry and the logits on exit.
   torch::Tensor forward(const torch::Tensor& x);
 
   int in_channels() const { return in_channels_; }
